@@ -1,0 +1,1 @@
+"""reenrich: keeps every stored conversation's enriched document carrying its scaffolding."""

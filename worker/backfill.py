@@ -1,0 +1,404 @@
+"""The backfill loop: claim a slice, page through it, enrich, commit page + checkpoint.
+
+Reading and enriching the next page overlaps writing the current one (a
+reader thread with its own connection, a queue of at most two pages), so
+Python's work hides behind the server's. Each page's writes, its cursor and
+its counts commit in one transaction: a process killed at any instant
+resumes exactly after the last committed page.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+from sqlalchemy import Connection, Engine
+
+from worker.db import checkpoints, repository
+from worker.db.checkpoints import LeaseLost, PageCounts, Run, Slice
+from worker.db.repository import Filters
+from worker.pacing import Pacer
+from worker.processing import FAILED, PageOutcome, Processor
+from worker.progress import Progress
+
+log = structlog.get_logger("reenrich.backfill")
+
+EXIT_OK = 0
+EXIT_ROWS_FAILED = 3
+EXIT_RUN_BUSY = 4
+EXIT_INTERRUPTED = 130
+SLICES_PER_WORKER = 4
+UUID_SPACE = 1 << 128
+
+
+class RunBusy(Exception):
+    """Every unfinished part of this run is held by another live process."""
+
+
+@dataclass
+class BackfillOptions:
+    run_name: str | None = None
+    filters: Filters = field(default_factory=Filters)
+    batch_size: int | None = None
+    dry_run: bool = False
+    restart: bool = False
+    workers: int = 1
+    target_page_seconds: float = 2.0
+    max_rows_per_second: float | None = None
+    sleep_seconds: float = 0.0
+    lease_seconds: float = 120.0
+    max_pages: int | None = None  # stop after N pages (tests: deterministic interruption)
+    child_args: list[str] = field(default_factory=list)  # argv for --workers children
+
+
+@dataclass
+class BackfillResult:
+    run_name: str
+    status: str
+    processed: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    exit_code: int = EXIT_OK
+
+
+def slice_bounds(count: int) -> list[tuple[uuid.UUID | None, uuid.UUID | None]]:
+    """Split the uuid key space into `count` ranges: (exclusive lower, inclusive upper)."""
+    edges = [UUID_SPACE * i // count for i in range(count + 1)]
+    return [(uuid.UUID(int=edges[i] - 1) if i else None,
+             uuid.UUID(int=edges[i + 1] - 1) if i < count - 1 else None)
+            for i in range(count)]
+
+
+def new_run_name() -> str:
+    return "backfill-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass
+class _Page:
+    outcome: PageOutcome
+    rows: int
+    end: bool  # the slice has no rows after this page
+    read_seconds: float
+
+
+class _Reader(threading.Thread):
+    """Reads and enriches pages ahead of the writer, on its own connection."""
+
+    def __init__(self, engine: Engine, processor: Processor, sl: Slice, filters: Filters,
+                 pacer: Pacer, stop: threading.Event) -> None:
+        super().__init__(name=f"reader-{sl.slice_no}", daemon=True)
+        self.engine, self.processor, self.slice = engine, processor, sl
+        self.filters, self.pacer, self.stop = filters, pacer, stop
+        self.pages: queue.Queue[_Page | BaseException] = queue.Queue(maxsize=2)
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            for page in self._pages():
+                while not self.halt.is_set():
+                    try:
+                        self.pages.put(page, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if self.halt.is_set() or page.end:
+                    return
+        except BaseException as exc:  # handed to the writer, which raises it
+            self.pages.put(exc)
+
+    def _pages(self) -> Iterator[_Page]:
+        after = self.slice.cursor or self.slice.lower_bound
+        with self.engine.connect() as conn:
+            while True:
+                started = time.monotonic()
+                size = self.pacer.next_size()
+                rows = repository.read_page(conn, after=after, upper=self.slice.upper_bound,
+                                            filters=self.filters, limit=size)
+                conn.rollback()  # end the read transaction: no snapshot held between pages
+                outcome = self.processor.process(rows)
+                end = len(rows) < size
+                yield _Page(outcome, len(rows), end, time.monotonic() - started)
+                if end:
+                    return
+                after = outcome.last_id
+
+    def next_page(self) -> _Page:
+        item = self.pages.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _counts(outcome: PageOutcome, written: int) -> PageCounts:
+    failed = outcome.count(FAILED)
+    processed = len(outcome.results)
+    return PageCounts(processed=processed, updated=written, failed=failed,
+                      unchanged=processed - written - failed)
+
+
+class _SliceWorker:
+    def __init__(self, engine: Engine, conn: Connection, processor: Processor, run: Run,
+                 options: BackfillOptions, owner: str, stop: threading.Event,
+                 progress: Progress, totals: BackfillResult) -> None:
+        self.engine, self.conn, self.processor, self.run = engine, conn, processor, run
+        self.options, self.owner, self.stop = options, owner, stop
+        self.progress, self.totals = progress, totals
+        self.pacer = Pacer(fixed_size=options.batch_size,
+                           target_seconds=options.target_page_seconds,
+                           max_rows_per_second=options.max_rows_per_second,
+                           sleep_seconds=options.sleep_seconds)
+        self.pages_done = 0
+
+    def process(self, sl: Slice) -> bool:
+        """Work one slice to its end; False if stopped before the end."""
+        reader = _Reader(self.engine, self.processor, sl, self.run.filters, self.pacer,
+                         self.stop)
+        reader.start()
+        last_commit = time.monotonic()
+        try:
+            while True:
+                if self.stop.is_set() or self._page_budget_spent():
+                    return False
+                page = reader.next_page()
+                with self.conn.begin():
+                    written = repository.write_changes(
+                        self.conn, changed=page.outcome.changed, failed=page.outcome.failed,
+                        resolved=page.outcome.resolved, run_name=self.run.name,
+                        version=self.processor.version)
+                    counts = _counts(page.outcome, written)
+                    cursor = page.outcome.last_id or sl.cursor or sl.lower_bound
+                    checkpoints.advance(self.conn, run=self.run.name, slice_no=sl.slice_no,
+                                        owner=self.owner, cursor=cursor, counts=counts,
+                                        done=page.end, lease_seconds=self.options.lease_seconds)
+                now = time.monotonic()
+                self.pages_done += 1
+                self._report(sl, page, counts, now - last_commit)
+                pause = self.pacer.after_page(page.rows, now - last_commit)
+                last_commit = now
+                if page.end:
+                    return True
+                if pause > 0 and self.stop.wait(pause):
+                    return False
+        finally:
+            reader.halt.set()
+            reader.join(timeout=30)
+
+    def _page_budget_spent(self) -> bool:
+        return self.options.max_pages is not None and self.pages_done >= self.options.max_pages
+
+    def _report(self, sl: Slice, page: _Page, counts: PageCounts, seconds: float) -> None:
+        t = self.totals
+        t.processed += counts.processed
+        t.updated += counts.updated
+        t.unchanged += counts.unchanged
+        t.failed += counts.failed
+        self.progress.clear()
+        for row in page.outcome.results:
+            if row.outcome == FAILED:
+                log.warning("backfill.row_failed", conversation_id=str(row.conversation_id),
+                            error_code=row.code, message=row.message)
+        if page.outcome.scaffolded:
+            log.info("backfill.scaffolding_added", rows=page.outcome.scaffolded,
+                     message="Added scaffolding to training pairs")
+        self.progress.done += counts.processed
+        rate = self.progress.rate()
+        log.info("backfill.page", slice=sl.slice_no, rows=counts.processed,
+                 updated=counts.updated, unchanged=counts.unchanged, failed=counts.failed,
+                 page_seconds=round(seconds, 3), read_seconds=round(page.read_seconds, 3),
+                 batch_size=self.pacer.size, rows_per_second=round(rate, 1),
+                 eta_seconds=self.progress.eta(), enriched_mb=round(
+                     page.outcome.enriched_bytes / 1e6, 2))
+        self.progress.draw()
+
+
+# ------------------------------------------------------------------ the run
+
+
+def _resolve_run(conn: Connection, options: BackfillOptions, processor: Processor) -> Run | None:
+    """Find or create the run this invocation works on; None if it is already finished."""
+    filters = options.filters
+    name = options.run_name
+    existing = checkpoints.get_run(conn, name) if name else \
+        checkpoints.latest_unfinished_run(conn, filters)
+    if existing is not None and name is None:
+        log.info("backfill.resuming", run=existing.name, status=existing.status,
+                 processed=existing.processed, total=existing.total)
+    if existing is not None and existing.status in ("succeeded", "cancelled"):
+        if not options.restart:
+            log.info("backfill.already_finished", run=existing.name, status=existing.status,
+                     hint="pass --restart to run it again")
+            return None
+        total = repository.count_rows(conn, filters=existing.filters)
+        checkpoints.restart_run(conn, name=existing.name, version=processor.version,
+                                total=total)
+        log.info("backfill.restarted", run=existing.name, total=total)
+        return checkpoints.get_run(conn, existing.name)
+    if existing is not None:
+        if options.restart:
+            total = repository.count_rows(conn, filters=existing.filters)
+            checkpoints.restart_run(conn, name=existing.name, version=processor.version,
+                                    total=total)
+        return checkpoints.get_run(conn, existing.name)
+    name = name or new_run_name()
+    workers = max(1, options.workers)
+    slices = 1 if workers == 1 else workers * SLICES_PER_WORKER
+    total = repository.count_rows(conn, filters=filters)
+    checkpoints.create_run(conn, name=name, filters=filters, version=processor.version,
+                           workers=workers, total=total, bounds=slice_bounds(slices))
+    log.info("backfill.started", run=name, total=total, workers=workers, slices=slices,
+             filters=filters.as_json())
+    return checkpoints.get_run(conn, name)
+
+
+def _spawn_children(options: BackfillOptions, run: str) -> list[subprocess.Popen[bytes]]:
+    children = []
+    for _ in range(max(0, options.workers - 1)):
+        argv = [sys.executable, "-m", "worker", "backfill", "--run", run, "--workers", "1",
+                *options.child_args]
+        children.append(subprocess.Popen(argv))
+    return children
+
+
+def run_backfill(engine: Engine, processor: Processor, options: BackfillOptions,
+                 stop: threading.Event) -> BackfillResult:
+    if options.dry_run:
+        return dry_run(engine, processor, options, stop)
+    owner = owner_id()
+    with engine.connect() as conn:
+        repository.prepare_connection(conn)
+        with conn.begin():
+            run = _resolve_run(conn, options, processor)
+        if run is None:
+            name = options.run_name or "?"
+            return BackfillResult(run_name=name, status="succeeded")
+        structlog.contextvars.bind_contextvars(run=run.name)
+        try:
+            children = _spawn_children(options, run.name) if options.workers > 1 else []
+            result = _work(engine, conn, processor, run, options, owner, stop)
+        finally:
+            structlog.contextvars.unbind_contextvars("run")
+        for child in children:
+            if stop.is_set():
+                child.terminate()
+            child.wait()
+        return result
+
+
+def _work(engine: Engine, conn: Connection, processor: Processor, run: Run,
+          options: BackfillOptions, owner: str, stop: threading.Event) -> BackfillResult:
+    totals = BackfillResult(run_name=run.name, status="running")
+    remaining = max(0, (run.total or 0) - run.processed)
+    progress = Progress(total=remaining)
+    worker = _SliceWorker(engine, conn, processor, run, options, owner, stop, progress, totals)
+    claimed_any = False
+    try:
+        while not stop.is_set() and not worker._page_budget_spent():
+            with conn.begin():
+                sl = checkpoints.claim_slice(conn, run=run.name, owner=owner,
+                                             lease_seconds=options.lease_seconds)
+            if sl is None:
+                break
+            claimed_any = True
+            log.info("backfill.slice_claimed", slice=sl.slice_no,
+                     cursor=str(sl.cursor) if sl.cursor else None)
+            if not worker.process(sl):
+                with conn.begin():
+                    checkpoints.release_slice(conn, run=run.name, slice_no=sl.slice_no,
+                                              owner=owner)
+                break
+    except LeaseLost as exc:
+        log.error("backfill.lease_lost", error=str(exc))
+        progress.close()
+        totals.status, totals.exit_code = "running", 1
+        return totals
+    except BaseException as exc:
+        progress.close()
+        conn.rollback()
+        with conn.begin():
+            checkpoints.set_run_status(conn, run.name, "failed", f"{type(exc).__name__}: {exc}")
+        log.error("backfill.failed", error=f"{type(exc).__name__}: {exc}",
+                  hint="fix the cause, then run the same command to resume")
+        raise
+    progress.close()
+    with conn.begin():
+        left = checkpoints.slices_left(conn, run.name)
+        busy = checkpoints.live_owners(conn, run.name) if left else []
+        if left == 0:
+            checkpoints.finish_run(conn, run.name)
+        elif not busy or stop.is_set() or worker._page_budget_spent():
+            if not busy:
+                checkpoints.set_run_status(conn, run.name, "interrupted")
+    final = checkpoints.get_run(conn, run.name)
+    conn.commit()
+    assert final is not None
+    if left and busy and not claimed_any:
+        log.error("backfill.run_busy", owners=busy,
+                  message=f"run {run.name!r} is being processed by another process")
+        raise RunBusy(f"run {run.name!r} is being processed by {', '.join(busy)}; "
+                      "wait for it, or stop it first")
+    totals.status = final.status
+    if left:
+        log.warning("backfill.interrupted", processed=totals.processed, slices_left=left,
+                    hint=f"resume with: reenrich backfill --run {run.name}")
+        totals.exit_code = EXIT_INTERRUPTED if not busy else EXIT_OK
+        if busy:
+            totals.status = "running"
+        return totals
+    log.info("backfill.finished", status=final.status, processed=final.processed,
+             updated=final.updated, unchanged=final.unchanged, failed=final.failed,
+             total=final.total, this_process=totals.processed)
+    totals.processed, totals.updated = final.processed, final.updated
+    totals.unchanged, totals.failed = final.unchanged, final.failed
+    totals.exit_code = EXIT_ROWS_FAILED if final.failed else EXIT_OK
+    return totals
+
+
+def dry_run(engine: Engine, processor: Processor, options: BackfillOptions,
+            stop: threading.Event) -> BackfillResult:
+    """Compute everything, write nothing: what a real run would change."""
+    result = BackfillResult(run_name="dry-run", status="dry_run")
+    size = options.batch_size or 500
+    after: uuid.UUID | None = None
+    with engine.connect() as conn:
+        while not stop.is_set():
+            rows = repository.read_page(conn, after=after, upper=None, filters=options.filters,
+                                        limit=size)
+            conn.rollback()
+            outcome = processor.process(rows)
+            failed = outcome.count(FAILED)
+            result.processed += len(rows)
+            result.updated += len(outcome.changed)
+            result.failed += failed
+            result.unchanged += len(rows) - len(outcome.changed) - failed
+            for row in outcome.results:
+                if row.outcome == FAILED:
+                    log.warning("backfill.row_would_fail", conversation_id=str(row.conversation_id),
+                                error_code=row.code, message=row.message)
+            if len(rows) < size:
+                break
+            after = outcome.last_id
+    log.info("backfill.dry_run", processed=result.processed, would_update=result.updated,
+             unchanged=result.unchanged, would_fail=result.failed)
+    result.exit_code = EXIT_ROWS_FAILED if result.failed else EXIT_OK
+    return result

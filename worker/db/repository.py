@@ -1,0 +1,339 @@
+"""The only module that runs SQL against the conversation data.
+
+Every statement that matters is written out as SQL with bound parameters, so
+a reader sees what the database is asked to do. Functions take an open
+SQLAlchemy `Connection`; transactions belong to the caller (the loops), which
+is what lets a page's writes and its checkpoint share one commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.adapt import Dumper
+from psycopg.types.json import set_json_loads
+from sqlalchemy import Connection, text
+
+from worker.models import (
+    ConversationInputs,
+    EmotionalArc,
+    Persona,
+    PromptTemplate,
+    TrainingTopic,
+)
+
+# jsonb values come back through orjson: the export path reads gigabytes.
+set_json_loads(orjson.loads)
+
+
+class RawJsonb(bytes):
+    """JSON text already serialized (by orjson): sent to a jsonb parameter as is."""
+
+
+class _RawJsonbDumper(Dumper):
+    oid = psycopg.adapters.types["jsonb"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return bytes(obj)
+
+
+def _raw(conn: Connection) -> psycopg.Connection[Any]:
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    return driver
+
+
+def prepare_connection(conn: Connection) -> None:
+    """Per-connection setup for the write path (dumpers, staging table)."""
+    raw = _raw(conn)
+    raw.adapters.register_dumper(RawJsonb, _RawJsonbDumper)
+
+
+# ------------------------------------------------------------------ the page
+
+# One query per page: the rows with their scaffolding and latest system
+# prompt. Keyset pagination on the primary key, never OFFSET; optional
+# filters are written in SQL, never concatenated.
+PAGE_SQL = text("""
+SELECT c.conversation_id,
+       c.created_at,
+       c.quality_score,
+       c.parsed_json::text              AS parsed_text,
+       (c.persona_id IS NOT NULL OR c.emotional_arc_id IS NOT NULL
+        OR c.training_topic_id IS NOT NULL) AS has_reference,
+       c.enrichment_input_hash,
+       c.enriched_hash,
+       c.enrichment_status,
+       c.enrichment_error,
+       p.id AS p_id, p.persona_key, p.name AS p_name, p.archetype, p.demographics,
+       p.financial_background,
+       a.id AS a_id, a.arc_key, a.name AS a_name, a.starting_emotion, a.ending_emotion,
+       a.response_techniques,
+       t.id AS t_id, t.topic_key, t.name AS t_name, t.complexity_level,
+       pt.template_name, pt.category,
+       gl.system_prompt
+FROM conversations c
+LEFT JOIN personas p          ON p.id = c.persona_id
+LEFT JOIN emotional_arcs a    ON a.id = c.emotional_arc_id
+LEFT JOIN training_topics t   ON t.id = c.training_topic_id
+LEFT JOIN prompt_templates pt ON pt.id = c.template_id
+LEFT JOIN LATERAL (
+    SELECT g.system_prompt
+    FROM generation_logs g
+    WHERE g.conversation_id = c.conversation_id
+    ORDER BY g.created_at DESC, g.id DESC
+    LIMIT 1
+) gl ON true
+WHERE (CAST(:after AS uuid) IS NULL OR c.conversation_id > :after)
+  AND (CAST(:upper AS uuid) IS NULL OR c.conversation_id <= :upper)
+  AND (CAST(:persona AS text) IS NULL OR p.persona_key = :persona)
+  AND (CAST(:arc AS text) IS NULL OR a.arc_key = :arc)
+  AND (CAST(:topic AS text) IS NULL OR t.topic_key = :topic)
+  AND (CAST(:since AS timestamptz) IS NULL OR c.created_at >= :since)
+  AND (CAST(:until AS timestamptz) IS NULL OR c.created_at < :until)
+ORDER BY c.conversation_id
+LIMIT :limit
+""")
+
+# The same rows, selected by id (enrich, follow): same columns, same joins.
+_BY_IDS_SQL = PAGE_SQL.text.split("WHERE (CAST(:after", 1)[0] + """
+WHERE c.conversation_id = ANY(:ids)
+ORDER BY c.conversation_id
+"""
+BY_IDS_SQL = text(_BY_IDS_SQL)
+
+COUNT_SQL = text("""
+SELECT count(*)
+FROM conversations c
+LEFT JOIN personas p        ON p.id = c.persona_id
+LEFT JOIN emotional_arcs a  ON a.id = c.emotional_arc_id
+LEFT JOIN training_topics t ON t.id = c.training_topic_id
+WHERE (CAST(:after AS uuid) IS NULL OR c.conversation_id > :after)
+  AND (CAST(:upper AS uuid) IS NULL OR c.conversation_id <= :upper)
+  AND (CAST(:persona AS text) IS NULL OR p.persona_key = :persona)
+  AND (CAST(:arc AS text) IS NULL OR a.arc_key = :arc)
+  AND (CAST(:topic AS text) IS NULL OR t.topic_key = :topic)
+  AND (CAST(:since AS timestamptz) IS NULL OR c.created_at >= :since)
+  AND (CAST(:until AS timestamptz) IS NULL OR c.created_at < :until)
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    persona: str | None = None
+    arc: str | None = None
+    topic: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {"persona": self.persona, "arc": self.arc, "topic": self.topic,
+                "since": self.since, "until": self.until}
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: (v.isoformat() if isinstance(v, datetime) else v)
+                for k, v in self.params().items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Filters:
+        def ts(value: Any) -> datetime | None:
+            return datetime.fromisoformat(value) if value else None
+        return cls(persona=data.get("persona"), arc=data.get("arc"), topic=data.get("topic"),
+                   since=ts(data.get("since")), until=ts(data.get("until")))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """A conversation as read for enrichment: its inputs and what is stored now."""
+
+    inputs_text: str  # parsed_json as the server renders jsonb (stable: hashed as is)
+    inputs: ConversationInputs
+    input_hash: str | None
+    enriched_hash: str | None
+    status: str
+    error: str | None
+
+
+def _row_to_stored(row: Any) -> StoredRow:
+    m = row._mapping
+    persona = (Persona(id=m["p_id"], key=m["persona_key"], name=m["p_name"],
+                       archetype=m["archetype"], demographics=m["demographics"],
+                       financial_background=m["financial_background"])
+               if m["p_id"] is not None else None)
+    arc = (EmotionalArc(id=m["a_id"], key=m["arc_key"], name=m["a_name"],
+                        starting_emotion=m["starting_emotion"],
+                        ending_emotion=m["ending_emotion"],
+                        response_techniques=tuple(m["response_techniques"] or ()))
+           if m["a_id"] is not None else None)
+    topic = (TrainingTopic(id=m["t_id"], key=m["topic_key"], name=m["t_name"],
+                           complexity_level=m["complexity_level"])
+             if m["t_id"] is not None else None)
+    template = (PromptTemplate(name=m["template_name"], category=m["category"])
+                if m["template_name"] is not None else None)
+    parsed_text: str = m["parsed_text"]
+    inputs = ConversationInputs(
+        conversation_id=m["conversation_id"],
+        created_at=m["created_at"],
+        parsed=orjson.loads(parsed_text),
+        quality_score=m["quality_score"],
+        has_scaffolding_reference=m["has_reference"],
+        persona=persona, arc=arc, topic=topic, template=template,
+        system_prompt=m["system_prompt"],
+    )
+    return StoredRow(inputs_text=parsed_text, inputs=inputs,
+                     input_hash=m["enrichment_input_hash"], enriched_hash=m["enriched_hash"],
+                     status=m["enrichment_status"], error=m["enrichment_error"])
+
+
+def read_page(conn: Connection, *, after: uuid.UUID | None, upper: uuid.UUID | None,
+              filters: Filters, limit: int) -> list[StoredRow]:
+    result = conn.execute(PAGE_SQL, {"after": after, "upper": upper, "limit": limit,
+                                     **filters.params()})
+    return [_row_to_stored(row) for row in result]
+
+
+def read_by_ids(conn: Connection, ids: Sequence[uuid.UUID]) -> list[StoredRow]:
+    return [_row_to_stored(row) for row in conn.execute(BY_IDS_SQL, {"ids": list(ids)})]
+
+
+def count_rows(conn: Connection, *, filters: Filters, after: uuid.UUID | None = None,
+               upper: uuid.UUID | None = None) -> int:
+    return int(conn.execute(COUNT_SQL, {"after": after, "upper": upper,
+                                        **filters.params()}).scalar_one())
+
+
+# ----------------------------------------------------------- the page write
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    conversation_id: uuid.UUID
+    document: RawJsonb
+    document_hash: str
+    input_hash: str
+    report: RawJsonb
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    conversation_id: uuid.UUID
+    code: str
+    message: str
+    details: RawJsonb
+    report: RawJsonb
+    rewrite_row: bool  # False when the row already records this same failure
+
+
+STAGE_DDL = text("""
+CREATE TEMP TABLE IF NOT EXISTS reenrich_stage (
+    conversation_id   uuid PRIMARY KEY,
+    enriched_json     jsonb NOT NULL,
+    enriched_hash     text NOT NULL,
+    input_hash        text NOT NULL,
+    validation_report jsonb NOT NULL
+) ON COMMIT DELETE ROWS
+""")
+
+# One set-based statement writes every changed row of a page (after COPY).
+APPLY_STAGE_SQL = text("""
+UPDATE conversations AS c
+SET enriched_json         = s.enriched_json,
+    enriched_hash         = s.enriched_hash,
+    enrichment_input_hash = s.input_hash,
+    enrichment_version    = :version,
+    enrichment_status     = 'enriched',
+    enrichment_error      = NULL,
+    validation_report     = s.validation_report,
+    enriched_at           = now(),
+    updated_at            = now()
+FROM reenrich_stage AS s
+WHERE c.conversation_id = s.conversation_id
+""")
+
+MARK_FAILED_SQL = text("""
+UPDATE conversations AS c
+SET enrichment_status = 'failed',
+    enrichment_error  = f.message,
+    validation_report = f.report,
+    updated_at        = now()
+FROM unnest(CAST(:ids AS uuid[]), CAST(:messages AS text[]), CAST(:reports AS jsonb[]))
+     AS f(conversation_id, message, report)
+WHERE c.conversation_id = f.conversation_id
+  AND (c.enrichment_status, c.enrichment_error) IS DISTINCT FROM ('failed', f.message)
+""")
+
+RECORD_FAILURES_SQL = text("""
+INSERT INTO enrichment_failures (conversation_id, run_name, error_code, message, details)
+SELECT f.conversation_id, :run, f.code, f.message, f.details
+FROM unnest(CAST(:ids AS uuid[]), CAST(:codes AS text[]), CAST(:messages AS text[]),
+            CAST(:details AS jsonb[])) AS f(conversation_id, code, message, details)
+ON CONFLICT (conversation_id) WHERE resolved_at IS NULL
+DO UPDATE SET attempts     = enrichment_failures.attempts + 1,
+              last_seen_at = now(),
+              run_name     = EXCLUDED.run_name,
+              error_code   = EXCLUDED.error_code,
+              message      = EXCLUDED.message,
+              details      = EXCLUDED.details
+""")
+
+RESOLVE_FAILURES_SQL = text("""
+UPDATE enrichment_failures
+SET resolved_at = now()
+WHERE resolved_at IS NULL
+  AND conversation_id = ANY(CAST(:ids AS uuid[]))
+""")
+
+
+def write_changes(conn: Connection, *, changed: Sequence[Changed], failed: Sequence[Failed],
+                  resolved: Sequence[uuid.UUID], run_name: str | None, version: int) -> int:
+    """Write one page's outcome inside the caller's transaction. Returns rows updated."""
+    written = 0
+    if changed:
+        conn.execute(STAGE_DDL)
+        cursor = _raw(conn).cursor()
+        with cursor.copy("COPY reenrich_stage (conversation_id, enriched_json, enriched_hash, "
+                         "input_hash, validation_report) FROM STDIN") as copy:
+            for row in changed:
+                copy.write_row((row.conversation_id, row.document, row.document_hash,
+                                row.input_hash, row.report))
+        written = conn.execute(APPLY_STAGE_SQL, {"version": version}).rowcount
+        conn.execute(text("TRUNCATE reenrich_stage"))
+    if failed:
+        rewrite = [f for f in failed if f.rewrite_row]
+        if rewrite:
+            conn.execute(MARK_FAILED_SQL, {
+                "ids": [f.conversation_id for f in rewrite],
+                "messages": [f.message for f in rewrite],
+                "reports": [f.report.decode() for f in rewrite],
+            })
+        conn.execute(RECORD_FAILURES_SQL, {
+            "run": run_name,
+            "ids": [f.conversation_id for f in failed],
+            "codes": [f.code for f in failed],
+            "messages": [f.message for f in failed],
+            "details": [f.details.decode() for f in failed],
+        })
+    if resolved:
+        conn.execute(RESOLVE_FAILURES_SQL, {"ids": list(resolved)})
+    return written
+
+
+# ------------------------------------------------------------- show / reads
+
+
+def stored_documents(conn: Connection, ids: Sequence[uuid.UUID] | None) -> Iterator[Any]:
+    """(conversation_id, enriched_json) in id order; all rows when `ids` is None."""
+    if ids is None:
+        sql = text("SELECT conversation_id, enriched_json FROM conversations "
+                   "WHERE enriched_json IS NOT NULL ORDER BY conversation_id")
+        yield from conn.execution_options(stream_results=True, yield_per=200).execute(sql)
+    else:
+        sql = text("SELECT conversation_id, enriched_json FROM conversations "
+                   "WHERE conversation_id = ANY(:ids) ORDER BY conversation_id")
+        yield from conn.execute(sql, {"ids": list(ids)})

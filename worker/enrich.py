@@ -1,0 +1,326 @@
+"""The enrichment: (parsed document, row, scaffolding, system prompt) -> enriched document.
+
+A pure, deterministic function: no I/O, no clock, no randomness. The same
+inputs give the same dict, built in the contract's key order, so the same
+bytes when serialized. The rules are those of `enriched-format.md`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from worker.config import EnrichmentConfig
+from worker.models import ConversationInputs, Persona
+from worker.validation import CONTROL_CHARACTERS_REMOVED, Issue, Report, is_blank, validate_parsed
+
+# Bumped whenever a change here changes documents, so operators can see which
+# rows were built by which logic (`reenrich stats`).
+ENRICHMENT_VERSION = 1
+
+DOCUMENT_VERSION = "1.0.0"
+DEFAULT_EXPECTED_OUTCOME = "Provide emotionally intelligent support"
+DEFAULT_LEARNING_OBJECTIVE = "Provide emotionally intelligent financial guidance"
+DEFAULT_SKILLS = ("empathy", "active_listening")
+DEFAULT_COMPLEXITY = "intermediate"
+DEFAULT_QUALITY_SCORE = 3.0
+PRIMARY_CONFIDENCE = 0.8
+SECONDARY_CONFIDENCE = 0.7
+
+POSITIVE_WORDS = ("hope", "relief", "excitement", "joy", "confidence", "gratitude", "pride",
+                  "determination", "calm", "optimism")
+NEGATIVE_WORDS = ("shame", "fear", "anxiety", "guilt", "anger", "frustration", "overwhelm",
+                  "sadness", "embarrassment", "worry", "stress")
+
+INPUT_PARAMETER_KEYS = (
+    "persona_id", "persona_name", "persona_key", "persona_archetype",
+    "emotional_arc_id", "emotional_arc_name", "emotional_arc_key",
+    "training_topic_id", "training_topic_name", "training_topic_key",
+)
+
+# C0 controls except tab, newline, carriage return; DEL; C1 controls.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+class InvalidDocument(Exception):
+    """The parsed document breaks a blocking rule; `report.errors` says which."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        first = report.errors[0]
+        more = f" (+{len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+        super().__init__(f"{first.message}{more}")
+
+    @property
+    def code(self) -> str:
+        return self.report.errors[0].code
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichmentResult:
+    document: dict[str, Any]
+    report: Report
+
+
+def round_half_up(value: float, places: int = 0) -> Decimal:
+    exponent = Decimal(1).scaleb(-places)
+    return Decimal(str(value)).quantize(exponent, rounding=ROUND_HALF_UP)
+
+
+def quality_tier(score: float) -> str:
+    if score >= 4.5:
+        return "seed_dataset"
+    if score >= 3.5:
+        return "production"
+    if score >= 2.5:
+        return "experimental"
+    return "rejected"
+
+
+def valence(primary_emotion: str) -> str:
+    lowered = primary_emotion.lower()
+    if any(word in lowered for word in POSITIVE_WORDS):
+        return "positive"
+    if any(word in lowered for word in NEGATIVE_WORDS):
+        return "negative"
+    return "mixed"
+
+
+class _Cleaner:
+    """Removes control characters from strings, remembering where it did."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def text(self, value: str, path: str) -> str:
+        if _CONTROL.search(value) is None:
+            return value
+        self.paths.append(path)
+        return _CONTROL.sub("", value)
+
+    def opt(self, value: Any, path: str) -> Any:
+        return self.text(value, path) if isinstance(value, str) else value
+
+    def tree(self, value: Any, path: str) -> Any:
+        if isinstance(value, str):
+            return self.text(value, path)
+        if isinstance(value, dict):
+            return {k: self.tree(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.tree(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def client_background(persona: Persona | None, client_persona: str) -> str:
+    groups: list[str] = []
+    if persona is not None:
+        demographics = persona.demographics
+        if isinstance(demographics, str):
+            if demographics.strip():
+                groups.append(demographics)
+        elif isinstance(demographics, dict):
+            parts = []
+            if _present(demographics.get("age")):
+                parts.append(f"Age {demographics['age']}")
+            parts.extend(str(demographics[name]) for name in ("gender", "location", "family_status")
+                         if _present(demographics.get(name)))
+            if parts:
+                groups.append(", ".join(parts))
+        if _present(persona.financial_background):
+            groups.append(str(persona.financial_background))
+    return "; ".join(groups) if groups else f"Client profile: {client_persona}"
+
+
+def _input_parameters(inputs: ConversationInputs, parsed: dict[str, Any]) -> dict[str, Any] | None:
+    """Rebuilt from the joins; the parsed copy only when the row references nothing."""
+    if inputs.has_scaffolding_reference:
+        p, a, t = inputs.persona, inputs.arc, inputs.topic
+        return {
+            "persona_id": str(p.id) if p else None,
+            "persona_name": p.name if p else None,
+            "persona_key": p.key if p else None,
+            "persona_archetype": p.archetype if p else None,
+            "emotional_arc_id": str(a.id) if a else None,
+            "emotional_arc_name": a.name if a else None,
+            "emotional_arc_key": a.key if a else None,
+            "training_topic_id": str(t.id) if t else None,
+            "training_topic_name": t.name if t else None,
+            "training_topic_key": t.key if t else None,
+        }
+    stored = parsed.get("input_parameters")
+    if not isinstance(stored, dict):
+        return None
+    return {key: stored[key] if isinstance(stored.get(key), str) else None
+            for key in INPUT_PARAMETER_KEYS}
+
+
+def _history_entry(turn: dict[str, Any]) -> dict[str, Any]:
+    emotion = turn["emotional_context"]
+    state: dict[str, Any] = {"primary": emotion["primary_emotion"]}
+    if not is_blank(emotion.get("secondary_emotion")):
+        state["secondary"] = emotion["secondary_emotion"]
+    state["intensity"] = emotion["intensity"]
+    return {"turn": turn["turn_number"], "role": turn["role"], "content": turn["content"],
+            "emotional_state": state}
+
+
+def _detected_emotions(turn: dict[str, Any]) -> dict[str, Any]:
+    emotion = turn["emotional_context"]
+    primary = emotion["primary_emotion"]
+    detected: dict[str, Any] = {"primary": primary, "primary_confidence": PRIMARY_CONFIDENCE}
+    if not is_blank(emotion.get("secondary_emotion")):
+        detected["secondary"] = emotion["secondary_emotion"]
+        detected["secondary_confidence"] = SECONDARY_CONFIDENCE
+    detected["intensity"] = emotion["intensity"]
+    detected["valence"] = valence(primary)
+    return {"detected_emotions": detected}
+
+
+def _clean_turns(turns: list[dict[str, Any]], clean: _Cleaner) -> list[dict[str, Any]]:
+    out = []
+    for i, turn in enumerate(turns):
+        emotion = turn["emotional_context"]
+        out.append({
+            "turn_number": turn["turn_number"],
+            "role": turn["role"],
+            "content": clean.text(turn["content"], f"turns[{i}].content"),
+            "emotional_context": {
+                "primary_emotion": clean.text(emotion["primary_emotion"],
+                                              f"turns[{i}].emotional_context.primary_emotion"),
+                "secondary_emotion": clean.opt(emotion.get("secondary_emotion"),
+                                               f"turns[{i}].emotional_context.secondary_emotion"),
+                "intensity": emotion["intensity"],
+            },
+        })
+    return out
+
+
+def enrich(inputs: ConversationInputs, config: EnrichmentConfig) -> EnrichmentResult:
+    """Build the enriched document, or raise InvalidDocument on a blocking error."""
+    report = validate_parsed(inputs.parsed)
+    if not report.ok:
+        raise InvalidDocument(report)
+    parsed: dict[str, Any] = inputs.parsed
+    meta = parsed["conversation_metadata"]
+    clean = _Cleaner()
+    turns = _clean_turns(parsed["turns"], clean)
+
+    persona, arc, topic, template = inputs.persona, inputs.arc, inputs.topic, inputs.template
+    raw_params = _input_parameters(inputs, parsed)
+    params = clean.tree(raw_params, "input_parameters") if raw_params is not None else None
+    scaffold = params or dict.fromkeys(INPUT_PARAMETER_KEYS)
+
+    if persona is not None:
+        client_persona = clean.text(f"{persona.name} - {persona.archetype}", "persona")
+    else:
+        client_persona = clean.text(meta["client_persona"], "conversation_metadata.client_persona")
+    background = clean.text(client_background(persona, client_persona), "persona.background")
+    expected = meta.get("expected_outcome")
+    pair_meta = {
+        "client_persona": client_persona,
+        "persona_archetype": scaffold["persona_key"],
+        "client_background": background,
+        "emotional_arc": scaffold["emotional_arc_name"],
+        "emotional_arc_key": scaffold["emotional_arc_key"],
+        "training_topic": scaffold["training_topic_name"],
+        "training_topic_key": scaffold["training_topic_key"],
+        "session_context": clean.text(meta["session_context"],
+                                      "conversation_metadata.session_context"),
+        "conversation_phase": clean.text(meta["conversation_phase"],
+                                         "conversation_metadata.conversation_phase"),
+        "expected_outcome": (clean.text(expected, "conversation_metadata.expected_outcome")
+                             if not is_blank(expected) else DEFAULT_EXPECTED_OUTCOME),
+    }
+
+    if inputs.system_prompt is not None:
+        system_prompt = clean.text(inputs.system_prompt, "system_prompt")
+    else:
+        system_prompt = clean.text(config.default_system_prompt, "system_prompt")
+
+    score = inputs.quality_score if inputs.quality_score is not None else DEFAULT_QUALITY_SCORE
+    criterion = float(round_half_up(score, 1))
+    criteria = {"empathy_score": criterion, "clarity_score": criterion,
+                "appropriateness_score": criterion, "brand_voice_alignment": criterion}
+    complexity = (topic.complexity_level if topic and not is_blank(topic.complexity_level)
+                  else DEFAULT_COMPLEXITY)
+    objective = scaffold["training_topic_key"] or scaffold["training_topic_name"] \
+        or DEFAULT_LEARNING_OBJECTIVE
+    techniques = list(arc.response_techniques) if arc and arc.response_techniques else []
+    skills = clean.tree(techniques, "arc.response_techniques") or list(DEFAULT_SKILLS)
+    progression = (clean.text(f"{arc.starting_emotion}(0.8) → {arc.ending_emotion}(0.8)", "arc")
+                   if arc else "")
+    prefix = clean.text(template.category, "template.category") \
+        if template and not is_blank(template.category) else "fp_conversation"
+    conversation_id = str(inputs.conversation_id)
+    short_id = inputs.conversation_id.hex[:8]
+    rounded_score = int(round_half_up(score))
+
+    pairs = []
+    history: list[dict[str, Any]] = []
+    last_user_input = ""
+    for turn in turns:
+        number = turn["turn_number"]
+        is_user = turn["role"] == "user"
+        if is_user:
+            last_user_input = turn["content"]
+        pairs.append({
+            "id": f"{prefix}_turn{number}_{short_id}",
+            "conversation_id": conversation_id,
+            "turn_number": number,
+            "conversation_metadata": pair_meta,
+            "system_prompt": system_prompt,
+            "conversation_history": list(history),
+            "current_user_input": last_user_input,
+            "emotional_context": _detected_emotions(turn),
+            "target_response": None if is_user else turn["content"],
+            "training_metadata": {
+                "difficulty_level": f"{complexity}_conversation_turn_{number}",
+                "key_learning_objective": objective,
+                "demonstrates_skills": skills,
+                "conversation_turn": number,
+                "emotional_progression_target": progression,
+                "quality_score": rounded_score,
+                "quality_criteria": criteria,
+                "human_reviewed": False,
+                "reviewer_notes": None,
+                "use_as_seed_example": False,
+                "generate_variations_count": 0,
+            },
+        })
+        history.append(_history_entry(turn))
+
+    created = inputs.created_at
+    created_utc = created.astimezone(UTC) if created.tzinfo else created.replace(tzinfo=UTC)
+    constants = config.dataset_constants
+    document = {
+        "input_parameters": params,
+        "dataset_metadata": {
+            "dataset_name": f"fp_conversation_{conversation_id}",
+            "version": DOCUMENT_VERSION,
+            "created_date": created_utc.date().isoformat(),
+            "vertical": constants.get("vertical"),
+            "consultant_persona": constants.get("consultant_persona"),
+            "target_use": constants.get("target_use"),
+            "conversation_source": constants.get("conversation_source"),
+            "quality_tier": quality_tier(score),
+            "total_conversations": 1,
+            "total_turns": len(turns),
+            "notes": "Generated via template: "
+                     + (clean.text(template.name, "template.name") if template else "unknown"),
+        },
+        "consultant_profile": clean.tree(config.consultant_profile, "consultant_profile"),
+        "training_pairs": pairs,
+    }
+    if clean.paths:
+        report.warnings.append(Issue(
+            CONTROL_CHARACTERS_REMOVED,
+            "control characters removed from: " + ", ".join(sorted(set(clean.paths))),
+            "enriched_document"))
+    return EnrichmentResult(document=document, report=report)

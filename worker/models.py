@@ -1,0 +1,216 @@
+"""Typed shapes of the documents: parsed input, scaffolding rows, enriched output.
+
+Field order in the enriched-output models is the contract's key order
+(`enriched-format.md`); `contract.KEY_ORDER` is derived from these models so
+the printed order has a single source of truth.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+# ---------------------------------------------------------------- parsed input
+
+
+class ParsedEmotionalContext(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    primary_emotion: str
+    secondary_emotion: str | None = None
+    intensity: float
+
+
+class ParsedTurn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    turn_number: int | float
+    role: Literal["user", "assistant"]
+    content: str
+    emotional_context: ParsedEmotionalContext
+
+
+class ParsedMetadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    client_persona: str
+    session_context: str
+    conversation_phase: str
+    expected_outcome: str | None = None
+
+
+class ParsedDocument(BaseModel):
+    """What the generator stored in `conversations.parsed_json`."""
+
+    model_config = ConfigDict(extra="allow")
+    conversation_metadata: ParsedMetadata
+    turns: list[ParsedTurn]
+    input_parameters: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------- scaffolding rows
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    id: uuid.UUID | str
+    key: str
+    name: str
+    archetype: str
+    demographics: dict[str, Any] | str | None = None
+    financial_background: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionalArc:
+    id: uuid.UUID | str
+    key: str
+    name: str
+    starting_emotion: str
+    ending_emotion: str
+    response_techniques: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingTopic:
+    id: uuid.UUID | str
+    key: str
+    name: str
+    complexity_level: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PromptTemplate:
+    name: str
+    category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationInputs:
+    """Everything one enriched document is built from (the enrichment's only input)."""
+
+    conversation_id: uuid.UUID
+    created_at: datetime
+    parsed: Any  # the stored JSON value, any type: validation decides
+    quality_score: float | None = None
+    has_scaffolding_reference: bool = False
+    persona: Persona | None = None
+    arc: EmotionalArc | None = None
+    topic: TrainingTopic | None = None
+    template: PromptTemplate | None = None
+    system_prompt: str | None = None
+
+
+# ------------------------------------------------------------ enriched output
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputParameters(_Strict):
+    persona_id: str | None
+    persona_name: str | None
+    persona_key: str | None
+    persona_archetype: str | None
+    emotional_arc_id: str | None
+    emotional_arc_name: str | None
+    emotional_arc_key: str | None
+    training_topic_id: str | None
+    training_topic_name: str | None
+    training_topic_key: str | None
+
+
+class DatasetMetadata(_Strict):
+    dataset_name: str
+    version: str
+    created_date: str
+    vertical: str
+    consultant_persona: str
+    target_use: str
+    conversation_source: str
+    quality_tier: Literal["seed_dataset", "production", "experimental", "rejected"]
+    total_conversations: int
+    total_turns: int
+    notes: str
+
+
+class PairMetadata(_Strict):
+    client_persona: str
+    persona_archetype: str | None
+    client_background: str
+    emotional_arc: str | None
+    emotional_arc_key: str | None
+    training_topic: str | None
+    training_topic_key: str | None
+    session_context: str
+    conversation_phase: str
+    expected_outcome: str
+
+
+class EmotionalState(_Strict):
+    primary: str
+    secondary: str | None = None
+    intensity: float
+
+
+class HistoryEntry(_Strict):
+    turn: int | float
+    role: Literal["user", "assistant"]
+    content: str
+    emotional_state: EmotionalState
+
+
+class DetectedEmotions(_Strict):
+    primary: str
+    primary_confidence: float
+    secondary: str | None = None
+    secondary_confidence: float | None = None
+    intensity: float
+    valence: Literal["positive", "negative", "mixed"]
+
+
+class EmotionalContext(_Strict):
+    detected_emotions: DetectedEmotions
+
+
+class QualityCriteria(_Strict):
+    empathy_score: float
+    clarity_score: float
+    appropriateness_score: float
+    brand_voice_alignment: float
+
+
+class TrainingMetadata(_Strict):
+    difficulty_level: str
+    key_learning_objective: str
+    demonstrates_skills: list[str]
+    conversation_turn: int | float
+    emotional_progression_target: str
+    quality_score: int
+    quality_criteria: QualityCriteria
+    human_reviewed: bool
+    reviewer_notes: str | None
+    use_as_seed_example: bool
+    generate_variations_count: int
+
+
+class TrainingPair(_Strict):
+    id: str
+    conversation_id: str
+    turn_number: int | float
+    conversation_metadata: PairMetadata
+    system_prompt: str
+    conversation_history: list[HistoryEntry]
+    current_user_input: str
+    emotional_context: EmotionalContext
+    target_response: str | None
+    training_metadata: TrainingMetadata
+
+
+class EnrichedDocument(_Strict):
+    input_parameters: InputParameters | None
+    dataset_metadata: DatasetMetadata
+    consultant_profile: dict[str, Any]
+    training_pairs: list[TrainingPair]

@@ -1,0 +1,132 @@
+"""From stored rows to a page outcome: what to write, what failed, what is unchanged.
+
+Shared by every loop (backfill, follow, enrich) so they agree on what
+"unchanged" means. No SQL here: the loops hand the outcome to the repository.
+
+Idempotence works on two hashes:
+- the *input hash* covers everything a document is built from (parsed text,
+  scaffolding rows, prompt, row fields, enrichment version, shipped config).
+  When it matches what the row stores and the row is enriched, the row is
+  unchanged without enriching it at all (the cheap path of a no-op run);
+- the *document hash* covers the serialized document: a row is written only
+  when its new document differs from the stored one (or its status must change).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from worker.config import EnrichmentConfig
+from worker.db.repository import Changed, Failed, RawJsonb, StoredRow
+from worker.enrich import ENRICHMENT_VERSION, InvalidDocument, enrich
+from worker.models import ConversationInputs
+from worker.validation import ENRICHMENT_ERROR
+
+UPDATED, UNCHANGED, FAILED = "updated", "unchanged", "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    conversation_id: uuid.UUID
+    outcome: str  # updated | unchanged | failed
+    code: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class PageOutcome:
+    changed: list[Changed] = field(default_factory=list)
+    failed: list[Failed] = field(default_factory=list)
+    resolved: list[uuid.UUID] = field(default_factory=list)
+    results: list[RowResult] = field(default_factory=list)
+    scaffolded: int = 0  # rows whose pairs now carry persona, arc or topic
+    enriched_bytes: int = 0
+    last_id: uuid.UUID | None = None
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for r in self.results if r.outcome == outcome)
+
+
+def _ref(obj: Any) -> Any:
+    if obj is None:
+        return None
+    return [str(v) if isinstance(v, uuid.UUID) else v
+            for v in (getattr(obj, name) for name in obj.__slots__)]
+
+
+class Processor:
+    """Enriches stored rows with one configuration; holds nothing per row."""
+
+    def __init__(self, config: EnrichmentConfig) -> None:
+        self.config = config
+        self.version = ENRICHMENT_VERSION
+        self._fingerprint = hashlib.sha256(orjson.dumps(
+            [ENRICHMENT_VERSION, config.consultant_profile, config.default_system_prompt,
+             config.dataset_constants], option=orjson.OPT_SORT_KEYS)).digest()
+
+    def input_hash(self, parsed_text: str, inputs: ConversationInputs) -> str:
+        digest = hashlib.sha256(self._fingerprint)
+        digest.update(orjson.dumps([
+            str(inputs.conversation_id), inputs.created_at.isoformat(), inputs.quality_score,
+            inputs.has_scaffolding_reference, _ref(inputs.persona), _ref(inputs.arc),
+            _ref(inputs.topic), _ref(inputs.template), inputs.system_prompt,
+        ], option=orjson.OPT_SORT_KEYS))
+        digest.update(parsed_text.encode())
+        return digest.hexdigest()
+
+    def process(self, rows: list[StoredRow]) -> PageOutcome:
+        out = PageOutcome()
+        for row in rows:
+            self._one(row, out)
+        if rows:
+            out.last_id = rows[-1].inputs.conversation_id
+        return out
+
+    def _one(self, row: StoredRow, out: PageOutcome) -> None:
+        cid = row.inputs.conversation_id
+        input_hash = self.input_hash(row.inputs_text, row.inputs)
+        if row.status == "enriched" and row.input_hash == input_hash:
+            out.results.append(RowResult(cid, UNCHANGED))
+            return
+        try:
+            result = enrich(row.inputs, self.config)
+        except InvalidDocument as exc:
+            report = exc.report.as_dict()
+            self._fail(row, out, exc.code, str(exc), {"errors": report["errors"]}, report)
+            return
+        except Exception as exc:  # a bug must not stop the run: record it, go on
+            message = f"{type(exc).__name__}: {exc}"
+            self._fail(row, out, ENRICHMENT_ERROR, message, {"exception": type(exc).__name__},
+                       {"errors": [{"code": ENRICHMENT_ERROR, "message": message, "path": ""}],
+                        "warnings": []})
+            return
+        document = orjson.dumps(result.document)
+        doc_hash = hashlib.sha256(document).hexdigest()
+        if row.status == "failed":
+            out.resolved.append(cid)
+        if row.status == "enriched" and row.enriched_hash == doc_hash:
+            out.results.append(RowResult(cid, UNCHANGED))
+            return
+        out.changed.append(Changed(
+            conversation_id=cid, document=RawJsonb(document), document_hash=doc_hash,
+            input_hash=input_hash, report=RawJsonb(orjson.dumps(result.report.as_dict()))))
+        out.enriched_bytes += len(document)
+        params = result.document["input_parameters"] or {}
+        if params.get("persona_key") or params.get("emotional_arc_key") \
+                or params.get("training_topic_key"):
+            out.scaffolded += 1
+        out.results.append(RowResult(cid, UPDATED))
+
+    def _fail(self, row: StoredRow, out: PageOutcome, code: str, message: str,
+              details: dict[str, Any], report: dict[str, Any]) -> None:
+        cid = row.inputs.conversation_id
+        out.failed.append(Failed(
+            conversation_id=cid, code=code, message=message,
+            details=RawJsonb(orjson.dumps(details)), report=RawJsonb(orjson.dumps(report)),
+            rewrite_row=not (row.status == "failed" and row.error == message)))
+        out.results.append(RowResult(cid, FAILED, code, message))

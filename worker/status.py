@@ -1,0 +1,113 @@
+"""What operators look at: runs, failures, stored documents (read-only)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from worker.contract import dumps, in_contract_order
+from worker.db import checkpoints, repository
+
+Out = Callable[[str | bytes], None]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def run_summary(run: checkpoints.Run, now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(UTC)
+    end = run.finished_at or (run.heartbeat_at if run.status != "running" else now)
+    elapsed = max((end - run.started_at).total_seconds(), 0.0)
+    rate = run.processed / elapsed if elapsed > 0 else 0.0
+    remaining = max(0, (run.total or 0) - run.processed)
+    eta = round(remaining / rate, 1) if rate > 0 and run.status == "running" else None
+    return {
+        "name": run.name,
+        "status": run.status,
+        "processed": run.processed,
+        "updated": run.updated,
+        "unchanged": run.unchanged,
+        "failed": run.failed,
+        "total": run.total,
+        "rows_per_second": round(rate, 1),
+        "eta_seconds": eta,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "heartbeat_at": _iso(run.heartbeat_at),
+        "workers": run.workers,
+        "enrichment_version": run.enrichment_version,
+        "filters": run.filters.as_json(),
+        "last_error": run.last_error,
+    }
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str], out: Out) -> None:
+    cells = [[("" if r[c] is None else str(r[c])) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    out("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        out("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def print_status(engine: Engine, *, as_json: bool, out: Out) -> int:
+    with engine.connect() as conn:
+        runs = [run_summary(r) for r in checkpoints.list_runs(conn)]
+    if as_json:
+        out(json.dumps(runs, ensure_ascii=False))
+        return 0
+    if not runs:
+        out("no backfill runs yet: start one with `reenrich backfill`")
+        return 0
+    _table(runs, ["name", "status", "processed", "total", "updated", "unchanged", "failed",
+                  "rows_per_second", "eta_seconds", "started_at", "finished_at", "last_error"],
+           out)
+    return 0
+
+
+def print_failures(engine: Engine, *, run: str | None, as_json: bool, include_resolved: bool,
+                   out: Out) -> int:
+    with engine.connect() as conn:
+        rows = checkpoints.list_failures(conn, run, include_resolved)
+    items = [{
+        "conversation_id": str(r["conversation_id"]),
+        "error_code": r["error_code"],
+        "message": r["message"],
+        "run": r["run_name"],
+        "attempts": r["attempts"],
+        "first_seen_at": _iso(r["first_seen_at"]),
+        "last_seen_at": _iso(r["last_seen_at"]),
+        "resolved_at": _iso(r["resolved_at"]),
+        "details": r["details"],
+    } for r in rows]
+    if as_json:
+        out(json.dumps(items, ensure_ascii=False))
+        return 0
+    if not items:
+        out("no failures")
+        return 0
+    _table(items, ["conversation_id", "error_code", "attempts", "last_seen_at", "message"], out)
+    return 0
+
+
+def show_documents(engine: Engine, ids: Sequence[uuid.UUID] | None, *, out: Out) -> int:
+    """Stored enriched documents as JSON Lines; exit 1 if an id has none."""
+    seen: set[uuid.UUID] = set()
+    with engine.connect() as conn:
+        for conversation_id, document in repository.stored_documents(conn, ids):
+            seen.add(conversation_id)
+            if document is None:
+                continue
+            out(dumps(in_contract_order(document)))
+    missing = [i for i in ids or [] if i not in seen]
+    if missing:
+        import sys
+
+        for i in missing:
+            sys.stderr.write(f"reenrich: no conversation {i}\n")
+    return 1 if missing else 0
