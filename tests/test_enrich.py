@@ -155,7 +155,7 @@ def test_dataset_metadata(config: EnrichmentConfig) -> None:
     assert meta["conversation_source"] == "synthetic_platform_generated"
     assert meta["total_conversations"] == 1
     assert meta["total_turns"] == 8
-    assert meta["notes"] == "Generated via template: Template - Confusion → Clarity - Education Focus"
+    assert meta["notes"] == f"Generated via template: {TEMPLATE.name}"
 
 
 @pytest.mark.parametrize(("score", "tier"), [(5.0, "seed_dataset"), (4.5, "seed_dataset"),

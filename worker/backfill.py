@@ -346,9 +346,8 @@ def _work(engine: Engine, conn: Connection, processor: Processor, run: Run,
         busy = checkpoints.live_owners(conn, run.name) if left else []
         if left == 0:
             checkpoints.finish_run(conn, run.name)
-        elif not busy or stop.is_set() or worker._page_budget_spent():
-            if not busy:
-                checkpoints.set_run_status(conn, run.name, "interrupted")
+        elif not busy:
+            checkpoints.set_run_status(conn, run.name, "interrupted")
     final = checkpoints.get_run(conn, run.name)
     conn.commit()
     assert final is not None

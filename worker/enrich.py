@@ -256,8 +256,9 @@ def enrich(inputs: ConversationInputs, config: EnrichmentConfig) -> EnrichmentRe
     skills = clean.tree(techniques, "arc.response_techniques") or list(DEFAULT_SKILLS)
     progression = (clean.text(f"{arc.starting_emotion}(0.8) → {arc.ending_emotion}(0.8)", "arc")
                    if arc else "")
-    prefix = clean.text(template.category, "template.category") \
-        if template and not is_blank(template.category) else "fp_conversation"
+    category = template.category if template else None
+    prefix = clean.text(category, "template.category") \
+        if isinstance(category, str) and category.strip() else "fp_conversation"
     conversation_id = str(inputs.conversation_id)
     short_id = inputs.conversation_id.hex[:8]
     rounded_score = int(round_half_up(score))

@@ -243,7 +243,7 @@ class _Importer:
         params = record.model_dump(mode="json", exclude={"id"})
         params["key"] = key
         params["id"] = given or uuid.uuid5(UUID_NAMESPACE, f"{kind}:{key}")
-        if kind == "persona":
+        if isinstance(record, PersonaRecord):
             params["demographics"] = (orjson.dumps(record.demographics).decode()
                                       if record.demographics is not None else None)
         if kind == "emotional_arc":

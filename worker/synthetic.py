@@ -61,11 +61,15 @@ USER_EMOTIONS = ["confusion", "anxiety", "shame", "fear", "overwhelm", "hope", "
                  "curiosity", "relief", "guilt", "cautious optimism", "embarrassment"]
 ASSISTANT_EMOTIONS = ["reassurance", "empathy", "clarity", "encouragement", "calm",
                       "confidence", "warmth", "guidance"]
-WORDS = ("money feel plan budget savings retirement account tax mortgage payment rate "
-         "invest index fund goal family month year worry honest think understand help step "
-         "number percent balance debt interest emergency cushion employer match option "
-         "choice decision clarity progress small win together — café naïve über 5 000 € "
-         "señor résumé ₹ 3.5% $2,000 401(k) HSA Roth").split()
+WORDS = [
+    "money", "feel", "plan", "budget", "savings", "retirement", "account", "tax",
+    "mortgage", "payment", "rate", "invest", "index", "fund", "goal", "family", "month",
+    "year", "worry", "honest", "think", "understand", "help", "step", "number", "percent",
+    "balance", "debt", "interest", "emergency", "cushion", "employer", "match", "option",
+    "choice", "decision", "clarity", "progress", "small", "win", "together", "—", "café",
+    "naïve", "über", "5", "000", "€", "señor", "résumé", "₹", "3.5%", "$2,000", "401(k)",
+    "HSA", "Roth",
+]
 
 
 def _text(rng: random.Random, low: int = 300, high: int = 1500) -> str:

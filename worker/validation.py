@@ -8,6 +8,7 @@ code: operators filter failures by it.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,7 +103,7 @@ def _check_turn(index: int, turn: Any, report: Report) -> None:
         err(Issue(INVALID_ROLE, f"{where}.role is {role!r}; expected 'user' or 'assistant'",
                   f"{where}.role"))
     content = turn.get("content")
-    if is_blank(content):
+    if not isinstance(content, str) or not content.strip():
         err(Issue(INVALID_CONTENT, f"{where}.content is missing, blank or not a string",
                   f"{where}.content"))
     elif len(content.strip()) < SHORT_CONTENT_CHARS:
@@ -116,10 +117,9 @@ def _check_turn(index: int, turn: Any, report: Report) -> None:
                   f"{where}.emotional_context"))
         return
     intensity = emotion.get("intensity")
-    if not is_number(intensity) or not 0 <= intensity <= 1:
-        err(Issue(INVALID_INTENSITY,
-                  f"{where}.emotional_context.intensity is {intensity!r}; expected a number in 0..1",
-                  f"{where}.emotional_context.intensity"))
+    if not is_number(intensity) or not 0 <= intensity <= 1:  # type: ignore[operator]
+        err(Issue(INVALID_INTENSITY, f"{where}.emotional_context.intensity is {intensity!r}; "
+                  "expected a number in 0..1", f"{where}.emotional_context.intensity"))
     elif intensity in (0, 1):
         report.warnings.append(Issue(
             INTENSITY_AT_BOUND, f"{where}.emotional_context.intensity is exactly {intensity}",
@@ -132,7 +132,7 @@ def _check_sequence(turns: list[Any], report: Report) -> None:
         report.warnings.append(Issue(
             TURN_NUMBERS_NOT_SEQUENTIAL, "turn numbers are not 1..n in order", "turns"))
     roles = [t.get("role") for t in turns if isinstance(t, dict)]
-    if any(a == b for a, b in zip(roles, roles[1:], strict=False)):
+    if any(a == b for a, b in itertools.pairwise(roles)):
         report.warnings.append(Issue(
             ROLES_NOT_ALTERNATING, "user and assistant turns do not alternate", "turns"))
 

@@ -61,10 +61,6 @@ class PageCounts:
     failed: int = 0
 
 
-_RUN_COLUMNS = """name, status, filters, dry_run, enrichment_version, workers, processed, updated,
-                  unchanged, failed, total, started_at, finished_at, heartbeat_at, last_error"""
-
-
 def _run(row: Any) -> Run:
     m = dict(row._mapping)
     m["filters"] = Filters.from_json(m["filters"] or {})
@@ -72,14 +68,19 @@ def _run(row: Any) -> Run:
 
 
 def get_run(conn: Connection, name: str) -> Run | None:
-    row = conn.execute(text(f"SELECT {_RUN_COLUMNS} FROM backfill_runs WHERE name = :name"),
-                       {"name": name}).first()
+    row = conn.execute(text("""
+        SELECT name, status, filters, dry_run, enrichment_version, workers, processed, updated,
+               unchanged, failed, total, started_at, finished_at, heartbeat_at, last_error
+        FROM backfill_runs
+        WHERE name = :name"""), {"name": name}).first()
     return _run(row) if row else None
 
 
 def latest_unfinished_run(conn: Connection, filters: Filters) -> Run | None:
-    row = conn.execute(text(f"""
-        SELECT {_RUN_COLUMNS} FROM backfill_runs
+    row = conn.execute(text("""
+        SELECT name, status, filters, dry_run, enrichment_version, workers, processed, updated,
+               unchanged, failed, total, started_at, finished_at, heartbeat_at, last_error
+        FROM backfill_runs
         WHERE status IN ('running', 'interrupted', 'failed')
           AND filters = CAST(:filters AS jsonb)
         ORDER BY started_at DESC
@@ -88,8 +89,11 @@ def latest_unfinished_run(conn: Connection, filters: Filters) -> Run | None:
 
 
 def list_runs(conn: Connection) -> list[Run]:
-    rows = conn.execute(text(f"SELECT {_RUN_COLUMNS} FROM backfill_runs "
-                             "ORDER BY started_at DESC, name"))
+    rows = conn.execute(text("""
+        SELECT name, status, filters, dry_run, enrichment_version, workers, processed, updated,
+               unchanged, failed, total, started_at, finished_at, heartbeat_at, last_error
+        FROM backfill_runs
+        ORDER BY started_at DESC, name"""))
     return [_run(r) for r in rows]
 
 
