@@ -58,6 +58,7 @@ class BackfillOptions:
     sleep_seconds: float = 0.0
     lease_seconds: float = 120.0
     max_pages: int | None = None  # stop after N pages (tests: deterministic interruption)
+    join: bool = False  # a helper process of a --workers run: nothing left to claim is fine
     child_args: list[str] = field(default_factory=list)  # argv for --workers children
 
 
@@ -274,7 +275,7 @@ def _resolve_run(conn: Connection, options: BackfillOptions, processor: Processo
 def _spawn_children(options: BackfillOptions, run: str) -> list[subprocess.Popen[bytes]]:
     children = []
     for _ in range(max(0, options.workers - 1)):
-        argv = [sys.executable, "-m", "worker", "backfill", "--run", run, "--workers", "1",
+        argv = [sys.executable, "-m", "worker", "backfill", "--run", run, "--join",
                 *options.child_args]
         children.append(subprocess.Popen(argv))
     return children
@@ -292,17 +293,38 @@ def run_backfill(engine: Engine, processor: Processor, options: BackfillOptions,
         if run is None:
             name = options.run_name or "?"
             return BackfillResult(run_name=name, status="succeeded")
-        structlog.contextvars.bind_contextvars(run=run.name)
+        structlog.contextvars.bind_contextvars(run=run.name, worker=owner)
         try:
             children = _spawn_children(options, run.name) if options.workers > 1 else []
             result = _work(engine, conn, processor, run, options, owner, stop)
         finally:
-            structlog.contextvars.unbind_contextvars("run")
+            structlog.contextvars.unbind_contextvars("run", "worker")
         for child in children:
             if stop.is_set():
                 child.terminate()
-            child.wait()
+            code = child.wait()
+            if code not in (EXIT_OK, EXIT_ROWS_FAILED, EXIT_INTERRUPTED):
+                log.error("backfill.worker_failed", run=run.name, pid=child.pid, exit_code=code)
+                result.exit_code = max(result.exit_code, 1)
+        if children and result.exit_code != 1:
+            # The helpers may have finished the run after this process ran out of slices.
+            final = checkpoints.get_run(conn, run.name)
+            conn.rollback()
+            if final is not None:
+                result = _final_result(final, result.processed)
         return result
+
+
+def _final_result(run: Run, this_process: int) -> BackfillResult:
+    result = BackfillResult(run_name=run.name, status=run.status, processed=run.processed,
+                            updated=run.updated, unchanged=run.unchanged, failed=run.failed)
+    if run.status == "succeeded":
+        result.exit_code = EXIT_ROWS_FAILED if run.failed else EXIT_OK
+    elif run.status == "interrupted":
+        result.exit_code = EXIT_INTERRUPTED
+    log.info("backfill.workers_done", run=run.name, status=run.status, processed=run.processed,
+             this_process=this_process)
+    return result
 
 
 def _work(engine: Engine, conn: Connection, processor: Processor, run: Run,
@@ -351,7 +373,7 @@ def _work(engine: Engine, conn: Connection, processor: Processor, run: Run,
     final = checkpoints.get_run(conn, run.name)
     conn.commit()
     assert final is not None
-    if left and busy and not claimed_any:
+    if left and busy and not claimed_any and not options.join:
         log.error("backfill.run_busy", owners=busy,
                   message=f"run {run.name!r} is being processed by another process")
         raise RunBusy(f"run {run.name!r} is being processed by {', '.join(busy)}; "
