@@ -488,3 +488,16 @@ def test_naive_created_at_is_taken_as_utc(config: EnrichmentConfig) -> None:
     assert doc(config, created_at=naive)["dataset_metadata"]["created_date"] == "2025-01-02"
     aware = datetime(2025, 1, 2, 23, 59, tzinfo=UTC)
     assert doc(config, created_at=aware)["dataset_metadata"]["created_date"] == "2025-01-02"
+
+
+def test_control_characters_in_configured_profile_are_removed(config: EnrichmentConfig) -> None:
+    dirty = EnrichmentConfig(
+        consultant_profile={**config.consultant_profile, "name": "Elena\x07 Morales"},
+        default_system_prompt=config.default_system_prompt,
+        dataset_constants=config.dataset_constants)
+    result = enrich(inputs(), dirty)
+    assert result.document["consultant_profile"]["name"] == "Elena Morales"
+    assert "consultant_profile.name" in result.report.warnings[0].message
+    clean_again = enrich(inputs(), config)  # the shipped profile is used as is
+    assert clean_again.document["consultant_profile"] is config.consultant_profile
+    assert not clean_again.report.warnings

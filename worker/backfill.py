@@ -1,7 +1,7 @@
 """The backfill loop: claim a slice, page through it, enrich, commit page + checkpoint.
 
 Reading and enriching the next page overlaps writing the current one (a
-reader thread with its own connection, a queue of at most two pages), so
+reader thread with its own connection, a queue of one page), so
 Python's work hides behind the server's. Each page's writes, its cursor and
 its counts commit in one transaction: a process killed at any instant
 resumes exactly after the last committed page.
@@ -108,7 +108,7 @@ class _Reader(threading.Thread):
         super().__init__(name=f"reader-{sl.slice_no}", daemon=True)
         self.engine, self.processor, self.slice = engine, processor, sl
         self.filters, self.pacer, self.stop = filters, pacer, stop
-        self.pages: queue.Queue[_Page | BaseException] = queue.Queue(maxsize=2)
+        self.pages: queue.Queue[_Page | BaseException] = queue.Queue(maxsize=1)
         self.halt = threading.Event()
 
     def run(self) -> None:

@@ -7,6 +7,7 @@ bytes when serialized. The rules are those of `enriched-format.md`.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC
@@ -80,6 +81,7 @@ def quality_tier(score: float) -> str:
     return "rejected"
 
 
+@functools.lru_cache(maxsize=4096)
 def valence(primary_emotion: str) -> str:
     lowered = primary_emotion.lower()
     if any(word in lowered for word in POSITIVE_WORDS):
@@ -105,13 +107,39 @@ class _Cleaner:
         return self.text(value, path) if isinstance(value, str) else value
 
     def tree(self, value: Any, path: str) -> Any:
+        # The common case has nothing to remove: answer it without building paths or copies.
+        if not _has_control(value):
+            return value
+        return self._tree(value, path)
+
+    def _tree(self, value: Any, path: str) -> Any:
         if isinstance(value, str):
             return self.text(value, path)
         if isinstance(value, dict):
-            return {k: self.tree(v, f"{path}.{k}") for k, v in value.items()}
+            return {k: self._tree(v, f"{path}.{k}") for k, v in value.items()}
         if isinstance(value, list):
-            return [self.tree(v, f"{path}[{i}]") for i, v in enumerate(value)]
+            return [self._tree(v, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
+
+
+# The profile is the same object for every document of a run: check it once.
+_profile_memo: list[tuple[Any, bool]] = []
+
+
+def _clean_profile(profile: dict[str, Any], clean: _Cleaner) -> Any:
+    if not (_profile_memo and _profile_memo[0][0] is profile):
+        _profile_memo[:] = [(profile, _has_control(profile))]
+    return clean.tree(profile, "consultant_profile") if _profile_memo[0][1] else profile
+
+
+def _has_control(value: Any) -> bool:
+    if isinstance(value, str):
+        return _CONTROL.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_control(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_control(v) for v in value)
+    return False
 
 
 def _present(value: Any) -> bool:
@@ -184,6 +212,14 @@ def _detected_emotions(turn: dict[str, Any]) -> dict[str, Any]:
 
 
 def _clean_turns(turns: list[dict[str, Any]], clean: _Cleaner) -> list[dict[str, Any]]:
+    strings = []
+    for turn in turns:
+        emotion = turn["emotional_context"]
+        strings += (turn["content"], emotion["primary_emotion"])
+        if isinstance(emotion.get("secondary_emotion"), str):
+            strings.append(emotion["secondary_emotion"])
+    if _CONTROL.search("\n".join(strings)) is None:
+        return turns  # nothing to remove: one scan instead of one per string
     out = []
     for i, turn in enumerate(turns):
         emotion = turn["emotional_context"]
@@ -316,7 +352,7 @@ def enrich(inputs: ConversationInputs, config: EnrichmentConfig) -> EnrichmentRe
             "notes": "Generated via template: "
                      + (clean.text(template.name, "template.name") if template else "unknown"),
         },
-        "consultant_profile": clean.tree(config.consultant_profile, "consultant_profile"),
+        "consultant_profile": _clean_profile(config.consultant_profile, clean),
         "training_pairs": pairs,
     }
     if clean.paths:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 MIN_BATCH = 20
-MAX_BATCH = 5000
+MAX_BATCH = 1000  # memory: a page holds its enriched documents (~50 kB each)
 DEFAULT_BATCH = 500
 
 

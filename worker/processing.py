@@ -70,6 +70,7 @@ class Processor:
              config.dataset_constants], option=orjson.OPT_SORT_KEYS)).digest()
 
     def input_hash(self, parsed_text: str, inputs: ConversationInputs) -> str:
+        """Hash of what a document is built from; `inputs.parsed` is not read (text is)."""
         digest = hashlib.sha256(self._fingerprint)
         digest.update(orjson.dumps([
             str(inputs.conversation_id), inputs.created_at.isoformat(), inputs.quality_score,
@@ -84,12 +85,12 @@ class Processor:
         for row in rows:
             self._one(row, out)
         if rows:
-            out.last_id = rows[-1].inputs.conversation_id
+            out.last_id = rows[-1].conversation_id
         return out
 
     def _one(self, row: StoredRow, out: PageOutcome) -> None:
-        cid = row.inputs.conversation_id
-        input_hash = self.input_hash(row.inputs_text, row.inputs)
+        cid = row.conversation_id
+        input_hash = self.input_hash(row.inputs_text, row.fields)
         if row.status == "enriched" and row.input_hash == input_hash:
             out.results.append(RowResult(cid, UNCHANGED))
             return
@@ -124,7 +125,7 @@ class Processor:
 
     def _fail(self, row: StoredRow, out: PageOutcome, code: str, message: str,
               details: dict[str, Any], report: dict[str, Any]) -> None:
-        cid = row.inputs.conversation_id
+        cid = row.conversation_id
         out.failed.append(Failed(
             conversation_id=cid, code=code, message=message,
             details=RawJsonb(orjson.dumps(details)), report=RawJsonb(orjson.dumps(report)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -148,16 +148,28 @@ class Filters:
                    since=ts(data.get("since")), until=ts(data.get("until")))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredRow:
-    """A conversation as read for enrichment: its inputs and what is stored now."""
+    """A conversation as read for enrichment: what it is built from and what is stored now.
 
+    The parsed document stays text until `inputs` is asked for: a row whose
+    input hash is unchanged is never parsed (the cheap path of a no-op run).
+    """
+
+    conversation_id: uuid.UUID
     inputs_text: str  # parsed_json as the server renders jsonb (stable: hashed as is)
-    inputs: ConversationInputs
+    fields: ConversationInputs  # everything but `parsed`
     input_hash: str | None
     enriched_hash: str | None
     status: str
     error: str | None
+    _inputs: ConversationInputs | None = None
+
+    @property
+    def inputs(self) -> ConversationInputs:
+        if self._inputs is None:
+            self._inputs = replace(self.fields, parsed=orjson.loads(self.inputs_text))
+        return self._inputs
 
 
 def _row_to_stored(row: Any) -> StoredRow:
@@ -177,16 +189,17 @@ def _row_to_stored(row: Any) -> StoredRow:
     template = (PromptTemplate(name=m["template_name"], category=m["category"])
                 if m["template_name"] is not None else None)
     parsed_text: str = m["parsed_text"]
-    inputs = ConversationInputs(
+    fields = ConversationInputs(
         conversation_id=m["conversation_id"],
         created_at=m["created_at"],
-        parsed=orjson.loads(parsed_text),
+        parsed=None,
         quality_score=m["quality_score"],
         has_scaffolding_reference=m["has_reference"],
         persona=persona, arc=arc, topic=topic, template=template,
         system_prompt=m["system_prompt"],
     )
-    return StoredRow(inputs_text=parsed_text, inputs=inputs,
+    return StoredRow(conversation_id=m["conversation_id"], inputs_text=parsed_text,
+                     fields=fields,
                      input_hash=m["enrichment_input_hash"], enriched_hash=m["enriched_hash"],
                      status=m["enrichment_status"], error=m["enrichment_error"])
 
@@ -231,7 +244,7 @@ class Failed:
 
 
 STAGE_DDL = text("""
-CREATE TEMP TABLE IF NOT EXISTS reenrich_stage (
+CREATE TEMP TABLE reenrich_stage (
     conversation_id   uuid PRIMARY KEY,
     enriched_json     jsonb NOT NULL,
     enriched_hash     text NOT NULL,
@@ -239,6 +252,11 @@ CREATE TEMP TABLE IF NOT EXISTS reenrich_stage (
     validation_report jsonb NOT NULL
 ) ON COMMIT DELETE ROWS
 """)
+# A value compressed in the staging table would be copied into conversations
+# compressed as it is (PostgreSQL does not recompress), so pglz there would
+# defeat the column's lz4 and cost a second compression. Uncompressed staging
+# leaves the one compression to the target column's own method.
+STAGE_STORAGE = text("ALTER TABLE reenrich_stage ALTER COLUMN enriched_json SET STORAGE EXTERNAL")
 
 # One set-based statement writes every changed row of a page (after COPY).
 APPLY_STAGE_SQL = text("""
@@ -290,12 +308,24 @@ WHERE resolved_at IS NULL
 """)
 
 
+def _ensure_stage(conn: Connection) -> None:
+    """The session's staging table, made once per database connection."""
+    info = conn.connection.info
+    if not info.get("reenrich_stage"):
+        exists = conn.execute(text("SELECT to_regclass('pg_temp.reenrich_stage') IS NOT NULL")
+                              ).scalar_one()
+        if not exists:
+            conn.execute(STAGE_DDL)
+            conn.execute(STAGE_STORAGE)
+        info["reenrich_stage"] = True
+
+
 def write_changes(conn: Connection, *, changed: Sequence[Changed], failed: Sequence[Failed],
                   resolved: Sequence[uuid.UUID], run_name: str | None, version: int) -> int:
     """Write one page's outcome inside the caller's transaction. Returns rows updated."""
     written = 0
     if changed:
-        conn.execute(STAGE_DDL)
+        _ensure_stage(conn)
         cursor = _raw(conn).cursor()
         with cursor.copy("COPY reenrich_stage (conversation_id, enriched_json, enriched_hash, "
                          "input_hash, validation_report) FROM STDIN") as copy:
@@ -303,6 +333,7 @@ def write_changes(conn: Connection, *, changed: Sequence[Changed], failed: Seque
                 copy.write_row((row.conversation_id, row.document, row.document_hash,
                                 row.input_hash, row.report))
         written = conn.execute(APPLY_STAGE_SQL, {"version": version}).rowcount
+        # Empty now, not only at commit: a caller may write twice in one transaction.
         conn.execute(text("TRUNCATE reenrich_stage"))
     if failed:
         rewrite = [f for f in failed if f.rewrite_row]
