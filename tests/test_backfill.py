@@ -431,3 +431,21 @@ def test_hostile_copy_does_not_leak_between_tests() -> None:
     before = copy.deepcopy(HOSTILE)
     hostile_records()
     assert before == HOSTILE
+
+
+def test_cancelled_run_stops_after_its_page(engine: Engine, db_url: str, tmp_path: Path,
+                                            raw: psycopg.Connection[Any]) -> None:
+    seed(engine, tmp_path, count=40)
+    proc = _start_backfill(db_url, "--run", "stopme", "--batch-size", "5", "--sleep", "0.3")
+    _wait_for(lambda: (raw.execute("SELECT coalesce(max(processed), 0) FROM backfill_runs"
+                                   ).fetchone()[0]) >= 5)
+    cancel = run_cli(db_url, "cancel", "stopme")
+    assert cancel.returncode == 0, cancel.stderr
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    status, processed = raw.execute("SELECT status, processed FROM backfill_runs").fetchone()
+    assert status == "cancelled" and processed < 40
+    assert "backfill.cancelled" in err
+    again = run_cli(db_url, "backfill", "--run", "stopme")  # finished: nothing without --restart
+    assert again.returncode == 0 and "already_finished" in again.stderr
+    assert run_cli(db_url, "cancel", "stopme").returncode == 1

@@ -170,6 +170,7 @@ class _SliceWorker:
                            max_rows_per_second=options.max_rows_per_second,
                            sleep_seconds=options.sleep_seconds)
         self.pages_done = 0
+        self.cancelled = False
 
     def process(self, sl: Slice) -> bool:
         """Work one slice to its end; False if stopped before the end."""
@@ -189,9 +190,10 @@ class _SliceWorker:
                         version=self.processor.version)
                     counts = _counts(page.outcome, written)
                     cursor = page.outcome.last_id or sl.cursor or sl.lower_bound
-                    checkpoints.advance(self.conn, run=self.run.name, slice_no=sl.slice_no,
-                                        owner=self.owner, cursor=cursor, counts=counts,
-                                        done=page.end, lease_seconds=self.options.lease_seconds)
+                    status = checkpoints.advance(
+                        self.conn, run=self.run.name, slice_no=sl.slice_no, owner=self.owner,
+                        cursor=cursor, counts=counts, done=page.end,
+                        lease_seconds=self.options.lease_seconds)
                 now = time.monotonic()
                 self.pages_done += 1
                 self._report(sl, page, counts, now - last_commit)
@@ -199,6 +201,10 @@ class _SliceWorker:
                 last_commit = now
                 if page.end:
                     return True
+                if status == "cancelled":
+                    log.warning("backfill.cancelled", message="run cancelled by an operator")
+                    self.cancelled = True
+                    return False
                 if pause > 0 and self.stop.wait(pause):
                     return False
         finally:
@@ -368,7 +374,7 @@ def _work(engine: Engine, conn: Connection, processor: Processor, run: Run,
         busy = checkpoints.live_owners(conn, run.name) if left else []
         if left == 0:
             checkpoints.finish_run(conn, run.name)
-        elif not busy:
+        elif not busy and not worker.cancelled:
             checkpoints.set_run_status(conn, run.name, "interrupted")
     final = checkpoints.get_run(conn, run.name)
     conn.commit()
@@ -379,6 +385,8 @@ def _work(engine: Engine, conn: Connection, processor: Processor, run: Run,
         raise RunBusy(f"run {run.name!r} is being processed by {', '.join(busy)}; "
                       "wait for it, or stop it first")
     totals.status = final.status
+    if final.status == "cancelled":
+        return totals
     if left:
         log.warning("backfill.interrupted", processed=totals.processed, slices_left=left,
                     hint=f"resume with: reenrich backfill --run {run.name}")

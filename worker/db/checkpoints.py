@@ -194,21 +194,33 @@ ADVANCE_RUN_SQL = text("""
 UPDATE backfill_runs
 SET processed = processed + :processed, updated = updated + :updated,
     unchanged = unchanged + :unchanged, failed = failed + :failed,
-    status = 'running', heartbeat_at = now()
+    status = CASE WHEN status = 'cancelled' THEN status ELSE 'running' END,
+    heartbeat_at = now()
 WHERE name = :run
+RETURNING status
 """)
 
 
 def advance(conn: Connection, *, run: str, slice_no: int, owner: str,
             cursor: uuid.UUID | None, counts: PageCounts, done: bool,
-            lease_seconds: float) -> None:
+            lease_seconds: float) -> str:
+    """Commit-side checkpoint of one page; returns the run's status (an operator may cancel)."""
     params = {"run": run, "slice_no": slice_no, "owner": owner, "cursor": cursor,
               "processed": counts.processed, "updated": counts.updated,
               "unchanged": counts.unchanged, "failed": counts.failed, "done": done,
               "lease": lease_seconds}
     if conn.execute(ADVANCE_SLICE_SQL, params).rowcount != 1:
         raise LeaseLost(f"slice {slice_no} of run {run!r} was taken over by another worker")
-    conn.execute(ADVANCE_RUN_SQL, params)
+    return str(conn.execute(ADVANCE_RUN_SQL, params).scalar_one())
+
+
+def cancel_run(conn: Connection, name: str) -> str | None:
+    """Cancel an unfinished run; its workers stop after their current page."""
+    row = conn.execute(text("""
+        UPDATE backfill_runs SET status = 'cancelled', finished_at = now(), heartbeat_at = now()
+        WHERE name = :name AND status IN ('running', 'interrupted', 'failed')
+        RETURNING status"""), {"name": name}).first()
+    return None if row is None else str(row[0])
 
 
 def release_slice(conn: Connection, *, run: str, slice_no: int, owner: str) -> None:
