@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ from worker.db.repository import Filters
 def test_slice_bounds_cover_the_key_space_without_overlap() -> None:
     bounds = slice_bounds(8)
     assert bounds[0][0] is None and bounds[-1][1] is None
-    for (_, upper), (lower, _) in zip(bounds, bounds[1:], strict=False):
+    for (_, upper), (lower, _) in itertools.pairwise(bounds):
         assert upper == lower  # one slice's inclusive upper is the next's exclusive lower
     assert slice_bounds(1) == [(None, None)]
 

@@ -100,6 +100,26 @@ def parse_uuid(value: str) -> uuid.UUID:
         raise argparse.ArgumentTypeError(f"{value!r} is not a UUID") from exc
 
 
+def parse_positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number")
+    return number
+
+
+def parse_count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return number
+
+
 def install_stop_handlers(stop: threading.Event) -> None:
     def handler(signum: int, _frame: Any) -> None:
         if stop.is_set():
@@ -167,7 +187,7 @@ def backfill_options(args: argparse.Namespace, settings: Settings) -> Any:
         target_page_seconds=settings.target_page_seconds,
         max_rows_per_second=args.max_rows_per_second or settings.max_rows_per_second,
         sleep_seconds=args.sleep if args.sleep is not None else settings.sleep_seconds,
-        lease_seconds=settings.lease_seconds, max_pages=args.max_pages,
+        lease_seconds=settings.lease_seconds, max_pages=args.max_pages, join=args.join,
         child_args=child_args,
     )
 
@@ -191,6 +211,17 @@ def cmd_backfill(args: argparse.Namespace, ctx: Context) -> int:
     return result.exit_code
 
 
+def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
+    from worker.db import checkpoints
+
+    with ctx.engine().begin() as conn:
+        status = checkpoints.cancel_run(conn, args.run)
+    if status is None:
+        raise CommandError(f"no unfinished run named {args.run!r} (see `reenrich status`)")
+    _write(f"run {args.run} cancelled; its workers stop after their current page")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     from worker.status import print_status
 
@@ -210,6 +241,117 @@ def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
     if not args.ids and not args.all:
         raise CommandError("give conversation ids, or --all")
     return show_documents(ctx.engine(), None if args.all else args.ids, out=_write)
+
+
+def cmd_enrich(args: argparse.Namespace, ctx: Context) -> int:
+    from worker.api import enrich_conversations
+
+    results = enrich_conversations(ctx.engine(), args.ids,
+                                   config=load_enrichment_config(ctx.settings))
+    for result in results:
+        _write(result.line())
+    return 0 if all(r.ok for r in results) else EXIT_ERROR
+
+
+def cmd_follow(args: argparse.Namespace, ctx: Context) -> int:
+    from worker.db.engine import make_engine
+    from worker.follow import APPLICATION_NAME, DEFAULT_BATCH_SIZE, FollowOptions, run_follow
+    from worker.processing import Processor
+
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    options = FollowOptions(
+        poll_interval=args.poll_interval or ctx.settings.poll_interval,
+        batch_size=args.batch_size or ctx.settings.batch_size or DEFAULT_BATCH_SIZE,
+        lease_seconds=ctx.settings.lease_seconds,
+        heartbeat_seconds=ctx.settings.heartbeat_seconds)
+    processor = Processor(load_enrichment_config(ctx.settings))
+    engine = make_engine(ctx.url, application_name=APPLICATION_NAME)
+    try:
+        run_follow(engine, ctx.url, processor, options, stop,
+                   check_schema=lambda: ctx._check_schema(engine))
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace, ctx: Context) -> int:
+    from worker.status import print_workers
+
+    return print_workers(ctx.engine(), as_json=args.json, out=_write)
+
+
+def _fields(value: str) -> tuple[str, ...]:
+    from worker.sampling import SamplingError, parse_stratify_by
+
+    try:
+        return parse_stratify_by(value)
+    except SamplingError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
+    from pathlib import Path
+
+    from worker.db.dataset import DatasetFilters
+    from worker.export import ExportError, ExportOptions, export_command
+    from worker.sampling import SamplingSpec
+
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    options = ExportOptions(
+        format=args.format, output=Path(args.output),
+        validation_output=path(args.validation_output),
+        filters=DatasetFilters(
+            personas=tuple(args.persona or ()), arcs=tuple(args.arc or ()),
+            topics=tuple(args.topic or ()), tiers=tuple(args.tier or ()),
+            min_quality=args.min_quality, since=args.since, until=args.until,
+            require_scaffolding=args.require_scaffolding, exclude_failed=args.exclude_failed),
+        sampling=SamplingSpec(stratify_by=args.stratify_by or (), per_stratum=args.per_stratum,
+                              balance=args.balance, seed=args.seed,
+                              validation_fraction=args.split_validation),
+        condition=args.condition, strip_metadata=args.strip_metadata, meta=args.meta,
+        target_model=args.target_model, tokenizer=path(args.tokenizer),
+        max_tokens=args.max_tokens, drop_over_max=args.drop_over_max)
+    try:
+        options.check()  # before connecting: a wrong flag needs no database
+        return export_command(
+            ctx.engine(), options,
+            consultant_profile=load_enrichment_config(ctx.settings).consultant_profile,
+            report_path=path(args.report), card_path=path(args.card), out=_write)
+    except ExportError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def cmd_validate(args: argparse.Namespace, ctx: Context) -> int:
+    from pathlib import Path
+
+    from worker.checks import check_file, check_stored, print_file, print_stored
+
+    if args.file:
+        if not Path(args.file).is_file():
+            raise CommandError(f"no file at {args.file}")
+        return print_file(check_file(Path(args.file)), as_json=args.json, out=_write)
+    return print_stored(check_stored(ctx.engine()), as_json=args.json, out=_write)
+
+
+def cmd_stats(args: argparse.Namespace, ctx: Context) -> int:
+    import json
+    from pathlib import Path
+
+    from worker.stats import collect, print_text
+    from worker.stats_html import render
+
+    stats = collect(ctx.engine(), by=args.by, thin=args.thin)
+    if args.html:
+        Path(args.html).write_text(render(stats), encoding="utf-8")
+        log.info("stats.html_written", path=args.html)
+    if args.json:
+        _write(json.dumps(stats, ensure_ascii=False))
+    else:
+        print_text(stats, _write)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
@@ -269,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="throttle to at most R rows per second")
     p.add_argument("--sleep", type=float, metavar="SECONDS", help="pause between pages")
     p.add_argument("--max-pages", type=int, metavar="N", help=argparse.SUPPRESS)
+    p.add_argument("--join", action="store_true", help=argparse.SUPPRESS)
+
+    p = add("cancel", cmd_cancel, "cancel an unfinished backfill run (workers stop after a page)")
+    p.add_argument("run", metavar="NAME")
 
     p = add("status", cmd_status, "backfill runs: status, counts, rate, ETA")
     p.add_argument("--json", action="store_true", help="a JSON array of runs")
@@ -281,6 +427,89 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("show", cmd_show, "print stored enriched documents as JSON Lines (contract order)")
     p.add_argument("ids", nargs="*", type=parse_uuid, metavar="ID")
     p.add_argument("--all", action="store_true", help="every enriched document")
+
+    p = add("enrich", cmd_enrich, "enrich these conversations now; a line each (exit 1 if "
+            "any failed or was not found)")
+    p.add_argument("ids", nargs="+", type=parse_uuid, metavar="ID")
+
+    p = add("follow", cmd_follow, "long-running: enrich conversations as triggers mark them "
+            "(LISTEN/NOTIFY plus polling); SIGTERM finishes the batch and exits 0")
+    p.add_argument("--poll-interval", type=parse_positive, metavar="SECONDS",
+                   help="poll the queue this often even without notifications "
+                        "(env REENRICH_POLL_INTERVAL, default 5)")
+    p.add_argument("--batch-size", type=parse_count, metavar="N",
+                   help="conversations per batch (env REENRICH_BATCH_SIZE, default 200)")
+
+    p = add("workers", cmd_workers, "follow workers: heartbeat, rows enriched, queue depth")
+    p.add_argument("--json", action="store_true",
+                   help='one JSON object: {"queue": {...}, "workers": [...]}')
+
+    p = add("export", cmd_export, "write a training file from the stored enriched documents "
+            "(chat, prompt-completion, brightrun-v4, full-json), with filters, stratified "
+            "sampling, a validation split, a report and a dataset card")
+    p.add_argument("--format", required=True,
+                   choices=["chat", "prompt-completion", "brightrun-v4", "full-json"])
+    p.add_argument("--output", required=True, metavar="PATH", help="the file to write")
+    p.add_argument("--persona", action="append", metavar="KEY", help="keep this persona key "
+                   "(repeatable: any of them)")
+    p.add_argument("--arc", action="append", metavar="KEY", help="keep this emotional arc key "
+                   "(repeatable)")
+    p.add_argument("--topic", action="append", metavar="KEY", help="keep this training topic "
+                   "key (repeatable)")
+    p.add_argument("--tier", action="append", metavar="NAME",
+                   choices=["seed_dataset", "production", "experimental", "rejected"],
+                   help="keep this quality tier (repeatable)")
+    p.add_argument("--min-quality", type=float, metavar="X",
+                   help="keep conversations whose quality score (1..5) is at least X")
+    p.add_argument("--since", type=parse_when, metavar="DATE",
+                   help="created at or after (YYYY-MM-DD or ISO 8601, UTC)")
+    p.add_argument("--until", type=lambda v: parse_when(v, end=True), metavar="DATE",
+                   help="created up to and including this date (or before this timestamp)")
+    p.add_argument("--require-scaffolding", action="store_true",
+                   help="leave out conversations missing any of persona, arc, topic")
+    p.add_argument("--exclude-failed", action="store_true",
+                   help="leave out conversations with an unresolved enrichment failure")
+    p.add_argument("--stratify-by", type=_fields, metavar="FIELDS",
+                   help="persona, arc, topic or a comma list (a joint stratum)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--per-stratum", type=parse_count, metavar="N",
+                      help="N conversations per stratum")
+    size.add_argument("--balance", action="store_true",
+                      help="every stratum down to the smallest")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="sampling seed (default 0); a pick depends only on it and the id")
+    p.add_argument("--split-validation", type=float, metavar="F",
+                   help="about F of each stratum's conversations go to --validation-output")
+    p.add_argument("--validation-output", metavar="PATH", help="the validation file")
+    p.add_argument("--condition", choices=["none", "system"], default="none",
+                   help="system: end the system message with persona, arc and topic")
+    p.add_argument("--strip-metadata", action="store_true",
+                   help="no metadata columns (for services that refuse unknown keys)")
+    p.add_argument("--meta", action="store_true", help="brightrun-v4: a first _meta line")
+    p.add_argument("--target-model", metavar="NAME", help="full-json: the target model")
+    p.add_argument("--report", metavar="PATH", help="write the full report as JSON")
+    p.add_argument("--tokenizer", metavar="PATH",
+                   help="a local tokenizer.json to count tokens with (nothing is downloaded)")
+    p.add_argument("--max-tokens", type=parse_count, metavar="N",
+                   help="report rows longer than N tokens (needs --tokenizer)")
+    p.add_argument("--drop-over-max", action="store_true",
+                   help="drop the rows over --max-tokens instead of only reporting them")
+    p.add_argument("--card", metavar="PATH", help="write a dataset card (Markdown, YAML header)")
+
+    p = add("validate", cmd_validate, "check the stored enriched documents against the "
+            "contract, or an exported file (--file) against trainers' rules; exit 1 on "
+            "violations")
+    p.add_argument("--file", metavar="PATH", help="an exported JSON Lines file (offline)")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+
+    p = add("stats", cmd_stats, "the dataset's composition by persona, arc, topic and their "
+            "crossings, with legacy rows, failures, tiers and enrichment versions")
+    p.add_argument("--by", type=_fields, default=("persona", "arc", "topic"), metavar="FIELDS",
+                   help="dimensions to break down by (default persona,arc,topic)")
+    p.add_argument("--thin", type=parse_count, default=3, metavar="N",
+                   help="a cell with fewer than N conversations is thin (default 3)")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--html", metavar="PATH", help="also write a self-contained HTML page")
 
     add("demo", cmd_demo, "embedded PostgreSQL + sample data + backfill, end to end")
 

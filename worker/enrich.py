@@ -212,7 +212,7 @@ def _detected_emotions(turn: dict[str, Any]) -> dict[str, Any]:
 
 
 def _clean_turns(turns: list[dict[str, Any]], clean: _Cleaner) -> list[dict[str, Any]]:
-    strings = []
+    strings: list[str] = []
     for turn in turns:
         emotion = turn["emotional_context"]
         strings += (turn["content"], emotion["primary_emotion"])

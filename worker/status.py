@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from worker.contract import dumps, in_contract_order
-from worker.db import checkpoints, repository
+from worker.db import checkpoints, queue, repository
 
 Out = Callable[[str | bytes], None]
 
@@ -63,10 +64,53 @@ def print_status(engine: Engine, *, as_json: bool, out: Out) -> int:
         return 0
     if not runs:
         out("no backfill runs yet: start one with `reenrich backfill`")
+    else:
+        _table(runs, ["name", "status", "processed", "total", "updated", "unchanged", "failed",
+                      "rows_per_second", "eta_seconds", "started_at", "finished_at",
+                      "last_error"], out)
+    out("")
+    _print_follow(engine, out, live_only=True)
+    return 0
+
+
+def _workers(engine: Engine) -> tuple[queue.QueueStats, list[dict[str, Any]]]:
+    with engine.connect() as conn:
+        stats = queue.queue_stats(conn)
+        rows = queue.list_workers(conn)
+    return stats, [{
+        "worker_id": r["worker_id"], "host": r["host"], "pid": r["pid"], "state": r["state"],
+        "started_at": _iso(r["started_at"]), "heartbeat_at": _iso(r["heartbeat_at"]),
+        "stopped_at": _iso(r["stopped_at"]), "batches": r["batches"],
+        "rows_processed": r["rows_processed"], "rows_enriched": r["rows_enriched"],
+        "rows_unchanged": r["rows_unchanged"], "rows_failed": r["rows_failed"],
+        "claimed": r["claimed"], "last_batch_at": _iso(r["last_batch_at"]),
+        "last_error": r["last_error"],
+    } for r in rows]
+
+
+def _print_follow(engine: Engine, out: Out, *, live_only: bool) -> None:
+    stats, workers = _workers(engine)
+    oldest = _iso(stats.oldest_marked_at) or "-"
+    out(f"follow queue: {stats.depth} conversation(s) marked, {stats.claimed} claimed, "
+        f"oldest mark {oldest}")
+    shown = [w for w in workers if w["state"] != "stopped"] if live_only else workers
+    if not shown:
+        out("no follow workers running: start one with `reenrich follow`" if live_only
+            else "no follow workers yet: start one with `reenrich follow`")
+        return
+    _table(shown, ["worker_id", "state", "heartbeat_at", "batches", "rows_processed",
+                   "rows_enriched", "rows_failed", "claimed", "started_at", "last_error"], out)
+
+
+def print_workers(engine: Engine, *, as_json: bool, out: Out) -> int:
+    """`reenrich workers`: the queue depth and every follow worker (--json: one object)."""
+    if as_json:
+        stats, workers = _workers(engine)
+        out(json.dumps({"queue": {"depth": stats.depth, "claimed": stats.claimed,
+                                  "oldest_marked_at": _iso(stats.oldest_marked_at)},
+                        "workers": workers}, ensure_ascii=False))
         return 0
-    _table(runs, ["name", "status", "processed", "total", "updated", "unchanged", "failed",
-                  "rows_per_second", "eta_seconds", "started_at", "finished_at", "last_error"],
-           out)
+    _print_follow(engine, out, live_only=False)
     return 0
 
 
@@ -98,16 +142,18 @@ def print_failures(engine: Engine, *, run: str | None, as_json: bool, include_re
 def show_documents(engine: Engine, ids: Sequence[uuid.UUID] | None, *, out: Out) -> int:
     """Stored enriched documents as JSON Lines; exit 1 if an id has none."""
     seen: set[uuid.UUID] = set()
+    not_enriched: list[uuid.UUID] = []
     with engine.connect() as conn:
         for conversation_id, document in repository.stored_documents(conn, ids):
             seen.add(conversation_id)
             if document is None:
+                not_enriched.append(conversation_id)
                 continue
             out(dumps(in_contract_order(document)))
     missing = [i for i in ids or [] if i not in seen]
-    if missing:
-        import sys
-
-        for i in missing:
-            sys.stderr.write(f"reenrich: no conversation {i}\n")
-    return 1 if missing else 0
+    for i in missing:
+        sys.stderr.write(f"reenrich: no conversation {i}\n")
+    for i in not_enriched:
+        sys.stderr.write(f"reenrich: conversation {i} has no enriched document yet "
+                         "(run `reenrich backfill`, or see `reenrich failures`)\n")
+    return 1 if missing or not_enriched else 0

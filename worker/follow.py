@@ -1,0 +1,289 @@
+"""`reenrich follow`: a long-running worker that enriches what the triggers mark.
+
+The loop, per (re)connection:
+  connect, LISTEN on the queue channel, then loop: drain (claim a batch,
+  enrich it, until nothing is claimable) -> wait for a notification, the
+  poll interval or a stop request, whichever comes first.
+
+Notifications only make the wait short: the queue table is the truth, so a
+missed notification (or a worker that was down) only delays work until the
+next poll or start. Claims are short transactions of their own; a claim
+older than the lease is taken over (a crashed worker). A lost connection is
+retried forever with capped exponential backoff, logged at each attempt.
+SIGTERM/SIGINT finish the current batch, then the loop returns.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import structlog
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from worker.batch import BatchResult, enrich_batch
+from worker.db import queue
+from worker.db.engine import connect_args, libpq_url
+from worker.processing import FAILED, Processor
+
+log = structlog.get_logger("reenrich.follow")
+
+DEFAULT_BATCH_SIZE = 200
+APPLICATION_NAME = "reenrich-follow"
+FIRST_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0
+WAIT_SLICE_SECONDS = 0.5  # how often a wait looks at the stop request
+
+
+@dataclass
+class FollowOptions:
+    poll_interval: float = 5.0
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lease_seconds: float = 120.0
+    heartbeat_seconds: float = 30.0
+
+
+@dataclass
+class FollowTotals:
+    batches: int = 0
+    processed: int = 0
+    enriched: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    reconnects: int = 0
+    latencies: list[float] = field(default_factory=list)  # this heartbeat period only
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when the database went away (retry after a reconnect), not a bad statement."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if exc.orig is not None else exc
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        # No SQLSTATE: libpq lost or could not open the connection. 08: connection
+        # exceptions; 57P: operator intervention (shutdown, terminated backend).
+        return state is None or state.startswith(("08", "57P"))
+    return isinstance(exc, psycopg.InterfaceError | OSError)
+
+
+def backoff_seconds(attempt: int) -> float:
+    delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2.0 ** (attempt - 1))
+    return round(delay * random.uniform(0.8, 1.0), 2)  # jitter: workers do not retry in step
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+class Follower:
+    def __init__(self, engine: Engine, url: str, processor: Processor, options: FollowOptions,
+                 stop: threading.Event, *, check_schema: Callable[[], None] | None = None
+                 ) -> None:
+        self.engine, self.url, self.processor = engine, url, processor
+        self.options, self.stop = options, stop
+        self.check_schema = check_schema
+        self.worker = worker_id()
+        self.totals = FollowTotals()
+        self.registered = False
+        self.connected = False  # the current session got as far as LISTEN and registration
+        self.next_heartbeat = 0.0
+        self.last_batches = 0
+
+    # ----------------------------------------------------------- the service
+
+    def run(self) -> FollowTotals:
+        structlog.contextvars.bind_contextvars(worker=self.worker)
+        try:
+            attempt = 0
+            while not self.stop.is_set():
+                try:
+                    self._session()
+                except Exception as exc:
+                    if not is_connection_error(exc):
+                        raise
+                    # A session that had connected starts the count again.
+                    attempt = 1 if self.connected else attempt + 1
+                    self.totals.reconnects += 1
+                    delay = backoff_seconds(attempt)
+                    log.warning("follow.reconnecting", attempt=attempt, delay_seconds=delay,
+                                error=f"{type(exc).__name__}: {str(exc).strip()}")
+                    self.stop.wait(delay)
+            self._shutdown()
+            return self.totals
+        finally:
+            structlog.contextvars.unbind_contextvars("worker")
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        listener = psycopg.connect(libpq_url(self.url), autocommit=True, connect_timeout=10,
+                                   **connect_args(self.url, APPLICATION_NAME))
+        listener.execute(f"LISTEN {queue.CHANNEL}")
+        return listener
+
+    def _session(self) -> None:
+        self.connected = False
+        with closing(self._listen()) as listener, self.engine.connect() as conn:
+            if not self.registered:
+                if self.check_schema is not None:
+                    self.check_schema()
+                with conn.begin():
+                    queue.register_worker(conn, worker=self.worker, host=socket.gethostname(),
+                                          pid=os.getpid(),
+                                          heartbeat_seconds=self.options.heartbeat_seconds)
+                self.registered = True
+                log.info("follow.started", channel=queue.CHANNEL,
+                         poll_interval=self.options.poll_interval,
+                         batch_size=self.options.batch_size)
+            else:
+                with conn.begin():
+                    queue.heartbeat(conn, worker=self.worker)
+                    # A batch cut off by the lost connection was rolled back: its
+                    # claims are free again now, not when the lease ends.
+                    released = queue.release(conn, worker=self.worker)
+                log.info("follow.reconnected", channel=queue.CHANNEL, released=released)
+            self.connected = True
+            # Whatever was marked while this worker was away (or before the
+            # LISTEN took effect) is drained before waiting.
+            why = "start"
+            while not self.stop.is_set():
+                self._drain(conn, why)
+                self._heartbeat_if_due(conn)
+                why = self._wait(listener, conn)
+
+    def _wait(self, listener: psycopg.Connection[Any], conn: Connection) -> str:
+        """'notify', 'poll' or 'stop': whichever comes first."""
+        deadline = time.monotonic() + self.options.poll_interval
+        while not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "poll"
+            woken = False
+            for _ in listener.notifies(timeout=min(remaining, WAIT_SLICE_SECONDS), stop_after=1):
+                woken = True
+            if woken:
+                # One drain serves every notification already here.
+                for _ in listener.notifies(timeout=0):
+                    pass
+                return "notify"
+            self._heartbeat_if_due(conn)
+        return "stop"
+
+    # -------------------------------------------------------------- the work
+
+    def _drain(self, conn: Connection, why: str) -> None:
+        rows = 0
+        while not self.stop.is_set():
+            with conn.begin():
+                claimed = queue.claim(conn, worker=self.worker, limit=self.options.batch_size,
+                                      lease_seconds=self.options.lease_seconds)
+            if not claimed:
+                break
+            rows += len(claimed)
+            ids = [c.conversation_id for c in claimed]
+            try:
+                result = enrich_batch(conn, self.processor, ids, skip_locked=True,
+                                      worker=self.worker)
+            except Exception as exc:
+                if is_connection_error(exc):
+                    raise
+                # A statement the database refused: the claims stay until the lease
+                # ends, so these rows are tried again then, not in a hot loop.
+                error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+                log.error("follow.batch_failed", rows=len(ids), error=error,
+                          retry_after_seconds=self.options.lease_seconds)
+                with conn.begin():
+                    queue.heartbeat(conn, worker=self.worker, error=error)
+                break
+            left = [i for i in ids if i not in result.dequeued]
+            if left:
+                # Held by another transaction, or marked again meanwhile: free the
+                # claim so the next pass (any worker) takes them.
+                with conn.begin():
+                    queue.release(conn, worker=self.worker, ids=left)
+            self._report(result, len(ids), len(left))
+            self._heartbeat_if_due(conn)
+            if not result.dequeued:
+                break  # no progress: what is left is held by others; next wake
+        if why == "poll" and rows:
+            log.info("follow.poll_found_work", rows=rows,
+                     message="rows were found by polling, not by a notification")
+        elif why == "start" and rows:
+            log.info("follow.backlog_drained", rows=rows,
+                     message="rows marked while no worker listened")
+
+    def _report(self, result: BatchResult, claimed: int, left: int) -> None:
+        counts = result.counts
+        t = self.totals
+        t.batches += 1
+        t.processed += counts.processed
+        t.enriched += counts.enriched
+        t.unchanged += counts.unchanged
+        t.failed += counts.failed
+        latencies = sorted(result.dequeued.values())
+        t.latencies.extend(latencies)
+        for row in result.outcome.results:
+            if row.outcome == FAILED:
+                log.warning("follow.row_failed", conversation_id=str(row.conversation_id),
+                            error_code=row.code, message=row.message)
+        log.info("follow.batch", rows=claimed, enriched=counts.enriched,
+                 unchanged=counts.unchanged, failed=counts.failed, dequeued=len(latencies),
+                 requeued=left,
+                 mark_to_write_ms_median=_ms(statistics.median(latencies)) if latencies else None,
+                 mark_to_write_ms_max=_ms(latencies[-1]) if latencies else None)
+
+    def _heartbeat_if_due(self, conn: Connection) -> None:
+        now = time.monotonic()
+        if now < self.next_heartbeat:
+            return
+        self.next_heartbeat = now + self.options.heartbeat_seconds
+        with conn.begin():
+            queue.heartbeat(conn, worker=self.worker)
+            stats = queue.queue_stats(conn)
+        t = self.totals
+        log.info("follow.heartbeat", queue_depth=stats.depth, queue_claimed=stats.claimed,
+                 batches=t.batches, batches_since_last=t.batches - self.last_batches,
+                 rows_processed=t.processed, rows_enriched=t.enriched,
+                 mark_to_write_ms_p95=_ms(statistics.quantiles(t.latencies, n=20)[-1])
+                 if len(t.latencies) >= 2 else None)
+        self.last_batches = t.batches
+        t.latencies.clear()
+
+    def _shutdown(self) -> None:
+        if not self.registered:
+            return
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                queue.release(conn, worker=self.worker)
+                queue.stop_worker(conn, worker=self.worker)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            log.warning("follow.stop_unrecorded", error=f"{type(exc).__name__}: {exc}",
+                        message="the database is unreachable: this worker stays listed as "
+                                "running until its heartbeat is stale")
+        t = self.totals
+        log.info("follow.stopped", batches=t.batches, rows_processed=t.processed,
+                 rows_enriched=t.enriched, rows_unchanged=t.unchanged, rows_failed=t.failed,
+                 reconnects=t.reconnects)
+
+
+def run_follow(engine: Engine, url: str, processor: Processor, options: FollowOptions,
+               stop: threading.Event, *, check_schema: Callable[[], None] | None = None
+               ) -> FollowTotals:
+    return Follower(engine, url, processor, options, stop, check_schema=check_schema).run()
