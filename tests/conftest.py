@@ -56,25 +56,26 @@ def template_db(server_url: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def db_url(server_url: str, template_db: str) -> Iterator[str]:
-    name = f"reenrich_test_{uuid.uuid4().hex[:12]}"
+def _scratch_database(server_url: str, prefix: str, template: str | None) -> Iterator[str]:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
     with _admin(server_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        conn.execute(f'CREATE DATABASE "{name}"{clause}')
     yield _with_database(server_url, name)
     with _admin(server_url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(server_url: str, template_db: str) -> Iterator[str]:
+    """A migrated database of this test's own, cloned from the template."""
+    yield from _scratch_database(server_url, "reenrich_test", template_db)
 
 
 @pytest.fixture
 def empty_db_url(server_url: str) -> Iterator[str]:
     """A database with no schema at all (migration tests)."""
-    name = f"reenrich_empty_{uuid.uuid4().hex[:12]}"
-    with _admin(server_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield _with_database(server_url, name)
-    with _admin(server_url) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield from _scratch_database(server_url, "reenrich_empty", None)
 
 
 @pytest.fixture

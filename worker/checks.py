@@ -35,6 +35,7 @@ from sqlalchemy import Engine
 
 from worker.db import dataset
 from worker.models import EnrichedDocument, TrainingPair
+from worker.validation import Issue
 
 SCAFFOLDING_FIELDS = ("persona_archetype", "emotional_arc", "emotional_arc_key",
                       "training_topic", "training_topic_key")
@@ -44,14 +45,8 @@ MESSAGE_KEYS = ("role", "content")
 MAX_LISTED = 1000  # violations kept for printing; the count covers them all
 
 
-@dataclass(frozen=True, slots=True)
-class Violation:
-    code: str
-    message: str
-    path: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message, "path": self.path}
+# A contract violation has the same shape as a validation issue: code, message, path.
+Violation = Issue
 
 
 # ------------------------------------------------------------ stored documents
