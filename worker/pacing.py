@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass, field
 
 MIN_BATCH = 20
-MAX_BATCH = 1000  # memory: a page holds its enriched documents (~50 kB each)
+# Memory: about three pages are alive at once (being read, queued, being
+# written), each holding its enriched documents (~50 kB a conversation).
+MAX_BATCH = 500
 DEFAULT_BATCH = 500
 
 

@@ -154,6 +154,7 @@ class StoredRow:
 
     The parsed document stays text until `inputs` is asked for: a row whose
     input hash is unchanged is never parsed (the cheap path of a no-op run).
+    The parsed value is not kept, so a page never holds all its parsed documents.
     """
 
     conversation_id: uuid.UUID
@@ -163,13 +164,10 @@ class StoredRow:
     enriched_hash: str | None
     status: str
     error: str | None
-    _inputs: ConversationInputs | None = None
 
     @property
     def inputs(self) -> ConversationInputs:
-        if self._inputs is None:
-            self._inputs = replace(self.fields, parsed=orjson.loads(self.inputs_text))
-        return self._inputs
+        return replace(self.fields, parsed=orjson.loads(self.inputs_text))
 
 
 def _row_to_stored(row: Any) -> StoredRow:
