@@ -449,3 +449,17 @@ def test_cancelled_run_stops_after_its_page(engine: Engine, db_url: str, tmp_pat
     again = run_cli(db_url, "backfill", "--run", "stopme")  # finished: nothing without --restart
     assert again.returncode == 0 and "already_finished" in again.stderr
     assert run_cli(db_url, "cancel", "stopme").returncode == 1
+
+
+def test_documents_are_stored_with_the_columns_own_compression(
+        engine: Engine, tmp_path: Path, config: EnrichmentConfig,
+        raw: psycopg.Connection[Any]) -> None:
+    # A staging table compressing with another method would leak it into the column.
+    seed(engine, tmp_path, count=8)
+    backfill(engine, config)
+    setting = raw.execute("SELECT attcompression FROM pg_attribute WHERE attrelid = "
+                          "'conversations'::regclass AND attname = 'enriched_json'").fetchone()
+    expected = {"l": "lz4", "p": "pglz"}[setting[0]]
+    stored = raw.execute("SELECT DISTINCT pg_column_compression(enriched_json) "
+                         "FROM conversations").fetchall()
+    assert stored == [(expected,)]

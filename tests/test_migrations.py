@@ -66,3 +66,7 @@ def test_commands_refuse_an_unmigrated_server_database(empty_db_url: str) -> Non
     result = run_cli(empty_db_url, "status")
     assert result.returncode == 1
     assert "reenrich migrate" in result.stderr
+
+
+def test_schema_head_constant_matches_alembic() -> None:
+    assert migrate.alembic_head() == migrate.SCHEMA_HEAD

@@ -59,7 +59,7 @@ class Context:
         return self._engine
 
     def _check_schema(self, engine: Engine) -> None:
-        head = db_migrate.current_head()
+        head = db_migrate.SCHEMA_HEAD
         with engine.connect() as conn:
             have = conn.execute(text(
                 "SELECT to_regclass('alembic_version') IS NOT NULL")).scalar_one()
@@ -147,7 +147,7 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
         db_migrate.downgrade(ctx.url, args.downgrade)
     else:
         db_migrate.upgrade(ctx.url, "head")
-    log.info("migrate.done", revision=args.downgrade or db_migrate.current_head())
+    log.info("migrate.done", revision=args.downgrade or db_migrate.SCHEMA_HEAD)
     return 0
 
 

@@ -1,14 +1,24 @@
-"""Running the Alembic migrations from code (`reenrich migrate`, tests)."""
+"""Running the Alembic migrations from code (`reenrich migrate`, tests).
+
+Alembic is imported only when migrating: every other command compares the
+database's revision with SCHEMA_HEAD, which a test keeps equal to Alembic's head.
+"""
 
 from __future__ import annotations
 
 from importlib import resources
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The newest migration's revision (tests/test_migrations.py checks it).
+SCHEMA_HEAD = "0003"
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(resources.files("worker.migrations")))
     config.attributes["url"] = url
@@ -16,15 +26,18 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str = "base") -> None:
+    from alembic import command
+
     command.downgrade(alembic_config(url), revision)
 
 
-def current_head() -> str | None:
+def alembic_head() -> str | None:
     from alembic.script import ScriptDirectory
 
-    script = ScriptDirectory.from_config(alembic_config(""))
-    return script.get_current_head()
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()

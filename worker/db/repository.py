@@ -250,11 +250,19 @@ CREATE TEMP TABLE reenrich_stage (
     validation_report jsonb NOT NULL
 ) ON COMMIT DELETE ROWS
 """)
-# A value compressed in the staging table would be copied into conversations
-# compressed as it is (PostgreSQL does not recompress), so pglz there would
-# defeat the column's lz4 and cost a second compression. Uncompressed staging
-# leaves the one compression to the target column's own method.
-STAGE_STORAGE = text("ALTER TABLE reenrich_stage ALTER COLUMN enriched_json SET STORAGE EXTERNAL")
+# PostgreSQL copies an already-compressed value into another table as it is.
+# So the staging column compresses with the target column's own method: each
+# document is compressed once, at COPY, and the UPDATE moves the compressed
+# bytes (the default, pglz, here would silently defeat the column's lz4).
+TARGET_COMPRESSION = text("""
+SELECT CASE attcompression WHEN 'l' THEN 'lz4' WHEN 'p' THEN 'pglz' ELSE '' END
+FROM pg_attribute
+WHERE attrelid = 'conversations'::regclass AND attname = 'enriched_json'
+""")
+STAGE_COMPRESSION = {
+    "lz4": text("ALTER TABLE reenrich_stage ALTER COLUMN enriched_json SET COMPRESSION lz4"),
+    "pglz": text("ALTER TABLE reenrich_stage ALTER COLUMN enriched_json SET COMPRESSION pglz"),
+}
 
 # One set-based statement writes every changed row of a page (after COPY).
 APPLY_STAGE_SQL = text("""
@@ -314,7 +322,9 @@ def _ensure_stage(conn: Connection) -> None:
                               ).scalar_one()
         if not exists:
             conn.execute(STAGE_DDL)
-            conn.execute(STAGE_STORAGE)
+            method = conn.execute(TARGET_COMPRESSION).scalar_one()
+            if method in STAGE_COMPRESSION:
+                conn.execute(STAGE_COMPRESSION[method])
         info["reenrich_stage"] = True
 
 
