@@ -151,13 +151,6 @@ class _Reader(threading.Thread):
 # ---------------------------------------------------------------- writing
 
 
-def _counts(outcome: PageOutcome, written: int) -> PageCounts:
-    failed = outcome.count(FAILED)
-    processed = len(outcome.results)
-    return PageCounts(processed=processed, updated=written, failed=failed,
-                      unchanged=processed - written - failed)
-
-
 class _SliceWorker:
     def __init__(self, engine: Engine, conn: Connection, processor: Processor, run: Run,
                  options: BackfillOptions, owner: str, stop: threading.Event,
@@ -188,7 +181,7 @@ class _SliceWorker:
                         self.conn, changed=page.outcome.changed, failed=page.outcome.failed,
                         resolved=page.outcome.resolved, run_name=self.run.name,
                         version=self.processor.version)
-                    counts = _counts(page.outcome, written)
+                    counts = page.outcome.counts(written)
                     cursor = page.outcome.last_id or sl.cursor or sl.lower_bound
                     status = checkpoints.advance(
                         self.conn, run=self.run.name, slice_no=sl.slice_no, owner=self.owner,

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection
 
 from worker.db import queue, repository
-from worker.db.queue import BatchCounts
-from worker.processing import FAILED, PageOutcome, Processor
+from worker.db.checkpoints import PageCounts
+from worker.processing import PageOutcome, Processor
 
 
 @dataclass
@@ -34,11 +34,8 @@ class BatchResult:
     dequeued: dict[uuid.UUID, float] = field(default_factory=dict)
 
     @property
-    def counts(self) -> BatchCounts:
-        processed = len(self.outcome.results)
-        failed = self.outcome.count(FAILED)
-        return BatchCounts(processed=processed, enriched=self.written,
-                           unchanged=processed - self.written - failed, failed=failed)
+    def counts(self) -> PageCounts:
+        return self.outcome.counts(self.written)
 
 
 def enrich_batch(conn: Connection, processor: Processor, ids: Sequence[uuid.UUID], *,

@@ -232,7 +232,7 @@ class Follower:
         t = self.totals
         t.batches += 1
         t.processed += counts.processed
-        t.enriched += counts.enriched
+        t.enriched += counts.updated
         t.unchanged += counts.unchanged
         t.failed += counts.failed
         latencies = sorted(result.dequeued.values())
@@ -241,7 +241,7 @@ class Follower:
             if row.outcome == FAILED:
                 log.warning("follow.row_failed", conversation_id=str(row.conversation_id),
                             error_code=row.code, message=row.message)
-        log.info("follow.batch", rows=claimed, enriched=counts.enriched,
+        log.info("follow.batch", rows=claimed, enriched=counts.updated,
                  unchanged=counts.unchanged, failed=counts.failed, dequeued=len(latencies),
                  requeued=left,
                  mark_to_write_ms_median=_ms(statistics.median(latencies)) if latencies else None,

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from worker.config import EnrichmentConfig
+from worker.db.checkpoints import PageCounts
 from worker.db.repository import Changed, Failed, RawJsonb, StoredRow
 from worker.enrich import ENRICHMENT_VERSION, InvalidDocument, enrich
 from worker.models import ConversationInputs
@@ -50,6 +51,13 @@ class PageOutcome:
 
     def count(self, outcome: str) -> int:
         return sum(1 for r in self.results if r.outcome == outcome)
+
+    def counts(self, written: int) -> PageCounts:
+        """Counts of this outcome once `written` rows were actually updated."""
+        failed = self.count(FAILED)
+        processed = len(self.results)
+        return PageCounts(processed=processed, updated=written, failed=failed,
+                          unchanged=processed - written - failed)
 
 
 def _ref(obj: Any) -> Any:

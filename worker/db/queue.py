@@ -27,6 +27,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from worker.db.checkpoints import PageCounts
+
 # The channel the triggers NOTIFY (migration 0003 writes the same name).
 CHANNEL = "reenrich_queue"
 
@@ -138,14 +140,6 @@ def dequeue(conn: Connection, marks: dict[uuid.UUID, int]) -> dict[uuid.UUID, fl
 # ------------------------------------------------------------ follow workers
 
 
-@dataclass(frozen=True, slots=True)
-class BatchCounts:
-    processed: int = 0
-    enriched: int = 0
-    unchanged: int = 0
-    failed: int = 0
-
-
 def register_worker(conn: Connection, *, worker: str, host: str, pid: int,
                     heartbeat_seconds: float) -> None:
     conn.execute(text("""
@@ -157,7 +151,7 @@ def register_worker(conn: Connection, *, worker: str, host: str, pid: int,
 
 
 # In the batch's own transaction: the counts match what was committed.
-def record_batch(conn: Connection, *, worker: str, counts: BatchCounts) -> None:
+def record_batch(conn: Connection, *, worker: str, counts: PageCounts) -> None:
     conn.execute(text("""
         UPDATE follow_workers
         SET batches = batches + 1,
@@ -167,7 +161,7 @@ def record_batch(conn: Connection, *, worker: str, counts: BatchCounts) -> None:
             rows_failed = rows_failed + :failed,
             last_batch_at = now(), heartbeat_at = now()
         WHERE worker_id = :worker"""),
-        {"worker": worker, "processed": counts.processed, "enriched": counts.enriched,
+        {"worker": worker, "processed": counts.processed, "enriched": counts.updated,
          "unchanged": counts.unchanged, "failed": counts.failed})
 
 
