@@ -92,7 +92,7 @@ def test_demo_on_a_fresh_embedded_database(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"embedded PostgreSQL in {tmp_path / 'data'}" in out
-    assert "failed 6" in out and "succeeded" in out
+    assert "failed 6" in out and "finished_with_failures" in out
     document = json.loads(out.split("):\n", 1)[1])
     meta = document["training_pairs"][0]["conversation_metadata"]
     assert meta["persona_archetype"] == "clarity_seeker"

@@ -76,7 +76,7 @@ def _chunk_results(ids: list[uuid.UUID], batch: BatchResult) -> dict[uuid.UUID, 
     out: dict[uuid.UUID, EnrichResult] = {
         i: EnrichResult(i, "not_found", "not_found", "no such conversation")
         for i in batch.not_locked}
-    for row in batch.outcome.results:
+    for row in batch.results:
         cid = row.conversation_id
         if row.outcome == FAILED:
             out[cid] = EnrichResult(cid, "failed", row.code, row.message)

@@ -18,18 +18,22 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import structlog
 from sqlalchemy import Connection, Engine
 
+from worker import batch
 from worker.db import checkpoints, repository
-from worker.db.checkpoints import LeaseLost, PageCounts, Run, Slice
-from worker.db.repository import Filters
+from worker.db.checkpoints import LeaseLost, Run, Slice
+from worker.db.repository import Filters, Limits
+from worker.errors import DatabaseError, ReenrichError
+from worker.follow import backoff_seconds, is_connection_error
 from worker.pacing import Pacer
 from worker.processing import FAILED, PageOutcome, Processor
 from worker.progress import Progress
+from worker.run_state import FINISHED, RunStatus
 
 log = structlog.get_logger("reenrich.backfill")
 
@@ -37,12 +41,19 @@ EXIT_OK = 0
 EXIT_ROWS_FAILED = 3
 EXIT_RUN_BUSY = 4
 EXIT_INTERRUPTED = 130
+EXIT_CANCELLED = 5
 SLICES_PER_WORKER = 4
 UUID_SPACE = 1 << 128
 
 
-class RunBusy(Exception):
+class RunBusy(ReenrichError):
     """Every unfinished part of this run is held by another live process."""
+
+    exit_code = 4
+
+
+class DatabaseGone(DatabaseError):
+    """The database stayed unreachable longer than the reconnect budget."""
 
 
 @dataclass
@@ -57,6 +68,8 @@ class BackfillOptions:
     max_rows_per_second: float | None = None
     sleep_seconds: float = 0.0
     lease_seconds: float = 120.0
+    limits: Limits = field(default_factory=Limits)
+    reconnect_seconds: float = 60.0  # how long a lost database is waited for
     max_pages: int | None = None  # stop after N pages (tests: deterministic interruption)
     join: bool = False  # a helper process of a --workers run: nothing left to claim is fine
     child_args: list[str] = field(default_factory=list)  # argv for --workers children
@@ -65,11 +78,12 @@ class BackfillOptions:
 @dataclass
 class BackfillResult:
     run_name: str
-    status: str
+    status: str  # a RunStatus, or "dry_run"
     processed: int = 0
     updated: int = 0
     unchanged: int = 0
     failed: int = 0
+    deferred: int = 0
     exit_code: int = EXIT_OK
 
 
@@ -176,25 +190,16 @@ class _SliceWorker:
                 if self.stop.is_set() or self._page_budget_spent():
                     return False
                 page = reader.next_page()
-                with self.conn.begin():
-                    written = repository.write_changes(
-                        self.conn, changed=page.outcome.changed, failed=page.outcome.failed,
-                        resolved=page.outcome.resolved, run_name=self.run.name,
-                        version=self.processor.version)
-                    counts = page.outcome.counts(written)
-                    cursor = page.outcome.last_id or sl.cursor or sl.lower_bound
-                    status = checkpoints.advance(
-                        self.conn, run=self.run.name, slice_no=sl.slice_no, owner=self.owner,
-                        cursor=cursor, counts=counts, done=page.end,
-                        lease_seconds=self.options.lease_seconds)
+                committed, status = self._commit(sl, page)
+                sl = replace(sl, cursor=page.outcome.last_id or sl.cursor)
                 now = time.monotonic()
                 self.pages_done += 1
-                self._report(sl, page, counts, now - last_commit)
+                self._report(sl, page, committed, now - last_commit)
                 pause = self.pacer.after_page(page.rows, now - last_commit)
                 last_commit = now
                 if page.end:
                     return True
-                if status == "cancelled":
+                if status is RunStatus.CANCELLED:
                     log.warning("backfill.cancelled", message="run cancelled by an operator")
                     self.cancelled = True
                     return False
@@ -204,20 +209,39 @@ class _SliceWorker:
             reader.halt.set()
             reader.join(timeout=30)
 
+    def _commit(self, sl: Slice, page: _Page) -> tuple[batch.Committed, RunStatus]:
+        """The page's writes and its checkpoint, in one transaction."""
+        outcome = page.outcome
+        cursor = outcome.last_id or sl.cursor or sl.lower_bound
+
+        def work(conn: Connection, mode: batch.Mode) -> tuple[batch.Committed, RunStatus]:
+            committed = batch.write_outcome(conn, self.processor, outcome,
+                                            run_name=self.run.name, mode=mode)
+            status = checkpoints.advance(
+                conn, run=self.run.name, slice_no=sl.slice_no, owner=self.owner,
+                cursor=cursor, counts=committed.counts, done=page.end,
+                lease_seconds=self.options.lease_seconds)
+            return committed, status
+
+        ids = [c.conversation_id for c in outcome.changed] + \
+              [f.conversation_id for f in outcome.failed]
+        return batch.commit(self.conn, work, held=lambda: batch.held_rows(self.conn, ids),
+                            limits=self.options.limits, stop=self.stop)
+
     def _page_budget_spent(self) -> bool:
         return self.options.max_pages is not None and self.pages_done >= self.options.max_pages
 
-    def _report(self, sl: Slice, page: _Page, counts: PageCounts, seconds: float) -> None:
+    def _report(self, sl: Slice, page: _Page, committed: batch.Committed,
+                seconds: float) -> None:
+        counts = committed.counts
         t = self.totals
         t.processed += counts.processed
         t.updated += counts.updated
         t.unchanged += counts.unchanged
         t.failed += counts.failed
+        t.deferred += counts.deferred
         self.progress.clear()
-        for row in page.outcome.results:
-            if row.outcome == FAILED:
-                log.warning("backfill.row_failed", conversation_id=str(row.conversation_id),
-                            error_code=row.code, message=row.message)
+        batch.log_row_failures(committed, "backfill")
         if page.outcome.scaffolded:
             log.info("backfill.scaffolding_added", rows=page.outcome.scaffolded,
                      message="Added scaffolding to training pairs")
@@ -225,6 +249,7 @@ class _SliceWorker:
         rate = self.progress.rate()
         log.info("backfill.page", slice=sl.slice_no, rows=counts.processed,
                  updated=counts.updated, unchanged=counts.unchanged, failed=counts.failed,
+                 deferred=counts.deferred,
                  page_seconds=round(seconds, 3), read_seconds=round(page.read_seconds, 3),
                  batch_size=self.pacer.size, rows_per_second=round(rate, 1),
                  eta_seconds=self.progress.eta(), enriched_mb=round(
@@ -235,40 +260,43 @@ class _SliceWorker:
 # ------------------------------------------------------------------ the run
 
 
-def _resolve_run(conn: Connection, options: BackfillOptions, processor: Processor) -> Run | None:
-    """Find or create the run this invocation works on; None if it is already finished."""
+def _resolve_run(conn: Connection, options: BackfillOptions,
+                 processor: Processor) -> tuple[Run, bool]:
+    """The run this invocation works on, and whether it is already finished."""
     filters = options.filters
     name = options.run_name
     existing = checkpoints.get_run(conn, name) if name else \
         checkpoints.latest_unfinished_run(conn, filters)
-    if existing is not None and name is None:
+    if existing is None:
+        name = name or new_run_name()
+        workers = max(1, options.workers)
+        slices = 1 if workers == 1 else workers * SLICES_PER_WORKER
+        total = repository.count_rows(conn, filters=filters)
+        checkpoints.create_run(conn, name=name, filters=filters, version=processor.version,
+                               workers=workers, total=total, bounds=slice_bounds(slices))
+        log.info("backfill.started", run=name, total=total, workers=workers, slices=slices,
+                 filters=filters.as_json())
+        run = checkpoints.get_run(conn, name)
+        assert run is not None
+        return run, False
+    if name is None:
         log.info("backfill.resuming", run=existing.name, status=existing.status,
                  processed=existing.processed, total=existing.total)
-    if existing is not None and existing.status in ("succeeded", "cancelled"):
-        if not options.restart:
-            log.info("backfill.already_finished", run=existing.name, status=existing.status,
-                     hint="pass --restart to run it again")
-            return None
+    if options.restart:
         total = repository.count_rows(conn, filters=existing.filters)
-        checkpoints.restart_run(conn, name=existing.name, version=processor.version,
-                                total=total)
+        if not checkpoints.restart_run(conn, name=existing.name, version=processor.version,
+                                       total=total):
+            raise RunBusy(f"run {existing.name!r} is being processed by another process: "
+                          "wait for it or stop it before --restart")
         log.info("backfill.restarted", run=existing.name, total=total)
-        return checkpoints.get_run(conn, existing.name)
-    if existing is not None:
-        if options.restart:
-            total = repository.count_rows(conn, filters=existing.filters)
-            checkpoints.restart_run(conn, name=existing.name, version=processor.version,
-                                    total=total)
-        return checkpoints.get_run(conn, existing.name)
-    name = name or new_run_name()
-    workers = max(1, options.workers)
-    slices = 1 if workers == 1 else workers * SLICES_PER_WORKER
-    total = repository.count_rows(conn, filters=filters)
-    checkpoints.create_run(conn, name=name, filters=filters, version=processor.version,
-                           workers=workers, total=total, bounds=slice_bounds(slices))
-    log.info("backfill.started", run=name, total=total, workers=workers, slices=slices,
-             filters=filters.as_json())
-    return checkpoints.get_run(conn, name)
+        run = checkpoints.get_run(conn, existing.name)
+        assert run is not None
+        return run, False
+    if existing.status in FINISHED:
+        log.info("backfill.already_finished", run=existing.name, status=existing.status,
+                 hint="pass --restart to run it again")
+        return existing, True
+    return existing, False
 
 
 def _spawn_children(options: BackfillOptions, run: str) -> list[subprocess.Popen[bytes]]:
@@ -286,52 +314,131 @@ def run_backfill(engine: Engine, processor: Processor, options: BackfillOptions,
         return dry_run(engine, processor, options, stop)
     owner = owner_id()
     with engine.connect() as conn:
-        repository.prepare_connection(conn)
         with conn.begin():
-            run = _resolve_run(conn, options, processor)
-        if run is None:
-            name = options.run_name or "?"
-            return BackfillResult(run_name=name, status="succeeded")
-        structlog.contextvars.bind_contextvars(run=run.name, worker=owner)
-        try:
+            run, finished = _resolve_run(conn, options, processor)
+        if finished:  # nothing to do: this invocation processed nothing
+            return BackfillResult(run_name=run.name, status=run.status)
+        with structlog.contextvars.bound_contextvars(run=run.name, worker=owner):
             children = _spawn_children(options, run.name) if options.workers > 1 else []
-            result = _work(engine, conn, processor, run, options, owner, stop)
-        finally:
-            structlog.contextvars.unbind_contextvars("run", "worker")
-        for child in children:
-            if stop.is_set():
-                child.terminate()
-            code = child.wait()
-            if code not in (EXIT_OK, EXIT_ROWS_FAILED, EXIT_INTERRUPTED):
-                log.error("backfill.worker_failed", run=run.name, pid=child.pid, exit_code=code)
-                result.exit_code = max(result.exit_code, 1)
-        if children and result.exit_code != 1:
-            # The helpers may have finished the run after this process ran out of slices.
-            final = checkpoints.get_run(conn, run.name)
-            conn.rollback()
-            if final is not None:
-                result = _final_result(final, result.processed)
+            result = _work_resilient(engine, conn, processor, run, options, owner, stop)
+            for child in children:
+                if stop.is_set():
+                    child.terminate()
+                code = child.wait()
+                if code not in (EXIT_OK, EXIT_ROWS_FAILED, EXIT_INTERRUPTED, EXIT_CANCELLED):
+                    log.error("backfill.worker_failed", pid=child.pid, exit_code=code)
+                    result.exit_code = max(result.exit_code, 1)
+            if children and result.exit_code != 1:
+                # The helpers may have finished the run after this process ran out of slices.
+                final = checkpoints.get_run(conn, run.name)
+                conn.rollback()
+                if final is not None:
+                    result = _final_result(final, result.processed)
         return result
+
+
+EXIT_BY_STATUS = {
+    RunStatus.SUCCEEDED: EXIT_OK,
+    RunStatus.FINISHED_WITH_FAILURES: EXIT_ROWS_FAILED,
+    RunStatus.INTERRUPTED: EXIT_INTERRUPTED,
+    RunStatus.CANCELLED: EXIT_CANCELLED,
+    RunStatus.FAILED: 1,
+    RunStatus.RUNNING: EXIT_OK,  # other processes carry on with it
+}
 
 
 def _final_result(run: Run, this_process: int) -> BackfillResult:
     result = BackfillResult(run_name=run.name, status=run.status, processed=run.processed,
-                            updated=run.updated, unchanged=run.unchanged, failed=run.failed)
-    if run.status == "succeeded":
-        result.exit_code = EXIT_ROWS_FAILED if run.failed else EXIT_OK
-    elif run.status == "interrupted":
-        result.exit_code = EXIT_INTERRUPTED
-    log.info("backfill.workers_done", run=run.name, status=run.status, processed=run.processed,
+                            updated=run.updated, unchanged=run.unchanged, failed=run.failed,
+                            deferred=run.deferred, exit_code=EXIT_BY_STATUS[run.status])
+    log.info("backfill.workers_done", status=run.status, processed=run.processed,
              this_process=this_process)
     return result
 
 
-def _work(engine: Engine, conn: Connection, processor: Processor, run: Run,
-          options: BackfillOptions, owner: str, stop: threading.Event) -> BackfillResult:
-    totals = BackfillResult(run_name=run.name, status="running")
-    remaining = max(0, (run.total or 0) - run.processed)
-    progress = Progress(total=remaining)
+@dataclass(frozen=True)
+class Ending:
+    """What a process does with the run once it has no slice left to work on."""
+
+    move_to: RunStatus | None  # None: leave the status as it is
+    busy: bool  # every unfinished slice is held by another live process: refuse
+
+
+def end_of_work(*, slices_left: int, others_working: bool, claimed_any: bool,
+                joining: bool, cancelled: bool) -> Ending:
+    """The end-of-run decision, as a pure function (its table is tested)."""
+    if slices_left == 0:
+        return Ending(RunStatus.SUCCEEDED, busy=False)  # finish_run picks the exact status
+    if others_working:
+        return Ending(None, busy=not claimed_any and not joining)
+    if cancelled:
+        return Ending(None, busy=False)
+    return Ending(RunStatus.INTERRUPTED, busy=False)
+
+
+def _work_resilient(engine: Engine, conn: Connection, processor: Processor, run: Run,
+                    options: BackfillOptions, owner: str, stop: threading.Event
+                    ) -> BackfillResult:
+    """`_work`, reconnecting with backoff while the database is away (a restart)."""
+    totals = BackfillResult(run_name=run.name, status=RunStatus.RUNNING)
+    progress = Progress(total=max(0, (run.total or 0) - run.processed))
     worker = _SliceWorker(engine, conn, processor, run, options, owner, stop, progress, totals)
+    lost_since: float | None = None
+    attempt = 0
+    while True:
+        pages_before = worker.pages_done
+        try:
+            return _work(conn, run, options, owner, stop, worker)
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            progress.clear()
+            if worker.pages_done > pages_before or lost_since is None:
+                lost_since, attempt = time.monotonic(), 0
+            error = _one_line(exc)
+            waited = time.monotonic() - lost_since
+            if waited >= options.reconnect_seconds or stop.is_set():
+                _record_interrupted(conn, run.name, error)
+                raise DatabaseGone(
+                    f"lost the database and could not reconnect for {waited:.0f} s ({error}); "
+                    f"run {run.name} stopped after its last committed page: resume with "
+                    f"`reenrich backfill --run {run.name}` once the database is back") from exc
+            attempt += 1
+            delay = min(backoff_seconds(attempt), options.reconnect_seconds - waited)
+            log.warning("backfill.reconnecting", attempt=attempt, delay_seconds=round(delay, 2),
+                        waited_seconds=round(waited, 1), error=error)
+            _reset(conn)
+            stop.wait(max(0.0, delay))
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {lines[0] if lines else ''}"
+
+
+def _reset(conn: Connection) -> None:
+    """Drop a broken connection so the next statement opens a new one."""
+    for step in (conn.invalidate, conn.rollback):
+        try:
+            step()
+        except Exception as exc:  # it is broken already; the next use reconnects
+            log.debug("backfill.reset_error", error=_one_line(exc))
+
+
+def _record_interrupted(conn: Connection, run: str, error: str) -> None:
+    """Best effort: the database may still be away (then `status` shows it running)."""
+    _reset(conn)
+    try:
+        with conn.begin():
+            checkpoints.move_run(conn, run, RunStatus.INTERRUPTED, f"database lost: {error}")
+    except Exception as exc:
+        log.debug("backfill.record_interrupted_failed", error=_one_line(exc))
+
+
+def _work(conn: Connection, run: Run, options: BackfillOptions, owner: str,
+          stop: threading.Event, worker: _SliceWorker) -> BackfillResult:
+    totals, progress = worker.totals, worker.progress
     claimed_any = False
     try:
         while not stop.is_set() and not worker._page_budget_spent():
@@ -351,48 +458,61 @@ def _work(engine: Engine, conn: Connection, processor: Processor, run: Run,
     except LeaseLost as exc:
         log.error("backfill.lease_lost", error=str(exc))
         progress.close()
-        totals.status, totals.exit_code = "running", 1
+        totals.status, totals.exit_code = RunStatus.RUNNING, 1
         return totals
-    except BaseException as exc:
+    except Exception as exc:
+        if is_connection_error(exc):
+            raise
         progress.close()
-        conn.rollback()
+        _reset(conn)
+        error = _one_line(exc)
         with conn.begin():
-            checkpoints.set_run_status(conn, run.name, "failed", f"{type(exc).__name__}: {exc}")
-        log.error("backfill.failed", error=f"{type(exc).__name__}: {exc}",
+            checkpoints.move_run(conn, run.name, RunStatus.FAILED, error)
+        log.error("backfill.failed", error=error,
                   hint="fix the cause, then run the same command to resume")
         raise
     progress.close()
+    return _end(conn, run, options, totals, claimed_any=claimed_any,
+                cancelled=worker.cancelled)
+
+
+def _end(conn: Connection, run: Run, options: BackfillOptions, totals: BackfillResult, *,
+         claimed_any: bool, cancelled: bool) -> BackfillResult:
     with conn.begin():
         left = checkpoints.slices_left(conn, run.name)
         busy = checkpoints.live_owners(conn, run.name) if left else []
-        if left == 0:
+        ending = end_of_work(slices_left=left, others_working=bool(busy),
+                             claimed_any=claimed_any, joining=options.join,
+                             cancelled=cancelled)
+        if ending.move_to is RunStatus.SUCCEEDED:
             checkpoints.finish_run(conn, run.name)
-        elif not busy and not worker.cancelled:
-            checkpoints.set_run_status(conn, run.name, "interrupted")
+        elif ending.move_to is not None:
+            checkpoints.move_run(conn, run.name, ending.move_to)
     final = checkpoints.get_run(conn, run.name)
     conn.commit()
     assert final is not None
-    if left and busy and not claimed_any and not options.join:
+    if ending.busy:
         log.error("backfill.run_busy", owners=busy,
                   message=f"run {run.name!r} is being processed by another process")
         raise RunBusy(f"run {run.name!r} is being processed by {', '.join(busy)}; "
                       "wait for it, or stop it first")
     totals.status = final.status
-    if final.status == "cancelled":
+    if left and busy:
+        totals.status, totals.exit_code = RunStatus.RUNNING, EXIT_OK
         return totals
     if left:
-        log.warning("backfill.interrupted", processed=totals.processed, slices_left=left,
-                    hint=f"resume with: reenrich backfill --run {run.name}")
-        totals.exit_code = EXIT_INTERRUPTED if not busy else EXIT_OK
-        if busy:
-            totals.status = "running"
+        if final.status is RunStatus.INTERRUPTED:
+            log.warning("backfill.interrupted", processed=totals.processed, slices_left=left,
+                        hint=f"resume with: reenrich backfill --run {run.name}")
+        totals.exit_code = EXIT_BY_STATUS[final.status]
         return totals
     log.info("backfill.finished", status=final.status, processed=final.processed,
              updated=final.updated, unchanged=final.unchanged, failed=final.failed,
-             total=final.total, this_process=totals.processed)
+             deferred=final.deferred, total=final.total, this_process=totals.processed)
     totals.processed, totals.updated = final.processed, final.updated
     totals.unchanged, totals.failed = final.unchanged, final.failed
-    totals.exit_code = EXIT_ROWS_FAILED if final.failed else EXIT_OK
+    totals.deferred = final.deferred
+    totals.exit_code = EXIT_BY_STATUS[final.status]
     return totals
 
 

@@ -215,8 +215,8 @@ def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
     from worker.db import checkpoints
 
     with ctx.engine().begin() as conn:
-        status = checkpoints.cancel_run(conn, args.run)
-    if status is None:
+        cancelled = checkpoints.cancel_run(conn, args.run)
+    if not cancelled:
         raise CommandError(f"no unfinished run named {args.run!r} (see `reenrich status`)")
     _write(f"run {args.run} cancelled; its workers stop after their current page")
     return 0

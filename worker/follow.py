@@ -32,10 +32,10 @@ import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from worker.batch import BatchResult, enrich_batch
+from worker.batch import BatchResult, enrich_batch, log_row_failures
 from worker.db import queue
 from worker.db.engine import connect_args, libpq_url
-from worker.processing import FAILED, Processor
+from worker.processing import Processor
 
 log = structlog.get_logger("reenrich.follow")
 
@@ -237,10 +237,7 @@ class Follower:
         t.failed += counts.failed
         latencies = sorted(result.dequeued.values())
         t.latencies.extend(latencies)
-        for row in result.outcome.results:
-            if row.outcome == FAILED:
-                log.warning("follow.row_failed", conversation_id=str(row.conversation_id),
-                            error_code=row.code, message=row.message)
+        log_row_failures(result.committed, "follow")
         log.info("follow.batch", rows=claimed, enriched=counts.updated,
                  unchanged=counts.unchanged, failed=counts.failed, dequeued=len(latencies),
                  requeued=left,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -28,15 +29,54 @@ from worker.enrich import ENRICHMENT_VERSION, InvalidDocument, enrich
 from worker.models import ConversationInputs
 from worker.validation import ENRICHMENT_ERROR
 
-UPDATED, UNCHANGED, FAILED = "updated", "unchanged", "failed"
+
+class Outcome(StrEnum):
+    """What happened to one row read for enrichment."""
+
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    FAILED = "failed"
+    # Not written now, left for later: its inputs changed after the read, or
+    # another session held its lock. It stays marked for the follower.
+    DEFERRED = "deferred"
+
+
+UPDATED, UNCHANGED, FAILED, DEFERRED = (Outcome.UPDATED, Outcome.UNCHANGED, Outcome.FAILED,
+                                        Outcome.DEFERRED)
+DOCUMENT_TOO_LARGE = "document_too_large"
+# PostgreSQL's jsonb cannot hold 256 MB; a document is refused well before.
+DEFAULT_MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+# Calibrated on real documents: what one pair costs besides its history and
+# texts, and one history entry besides its content (see estimate_document_bytes).
+_PAIR_OVERHEAD = 2_000
+_HISTORY_OVERHEAD = 120
 
 
 @dataclass(frozen=True, slots=True)
 class RowResult:
     conversation_id: uuid.UUID
-    outcome: str  # updated | unchanged | failed
+    outcome: Outcome
     code: str | None = None
     message: str | None = None
+
+
+def estimate_document_bytes(parsed: Any, system_prompt: str) -> tuple[int, int]:
+    """(turns, estimated bytes) of the document `parsed` would give, without building it.
+
+    Every pair repeats the turns before it, so a document grows with the
+    square of its turns; this sums that growth from the turn lengths alone.
+    """
+    turns = parsed.get("turns") if isinstance(parsed, dict) else None
+    if not isinstance(turns, list):
+        return 0, 0
+    total = history = 0
+    pair = _PAIR_OVERHEAD + len(system_prompt.encode())
+    for turn in turns:
+        content = turn.get("content") if isinstance(turn, dict) else None
+        size = len(content.encode()) if isinstance(content, str) else 0
+        total += pair + 2 * size + history
+        history += size + _HISTORY_OVERHEAD
+    return len(turns), total
 
 
 @dataclass
@@ -45,6 +85,8 @@ class PageOutcome:
     failed: list[Failed] = field(default_factory=list)
     resolved: list[uuid.UUID] = field(default_factory=list)
     results: list[RowResult] = field(default_factory=list)
+    # Rows read with a queue mark: dequeued after the write if still at that mark.
+    marks: dict[uuid.UUID, int] = field(default_factory=dict)
     scaffolded: int = 0  # rows whose pairs now carry persona, arc or topic
     enriched_bytes: int = 0
     last_id: uuid.UUID | None = None
@@ -70,8 +112,10 @@ def _ref(obj: Any) -> Any:
 class Processor:
     """Enriches stored rows with one configuration; holds nothing per row."""
 
-    def __init__(self, config: EnrichmentConfig) -> None:
+    def __init__(self, config: EnrichmentConfig, *,
+                 max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> None:
         self.config = config
+        self.max_document_bytes = max_document_bytes
         self.version = ENRICHMENT_VERSION
         self._fingerprint = hashlib.sha256(orjson.dumps(
             [ENRICHMENT_VERSION, config.consultant_profile, config.default_system_prompt,
@@ -98,12 +142,27 @@ class Processor:
 
     def _one(self, row: StoredRow, out: PageOutcome) -> None:
         cid = row.conversation_id
+        if row.marks is not None:
+            out.marks[cid] = row.marks
         input_hash = self.input_hash(row.inputs_text, row.fields)
         if row.status == "enriched" and row.input_hash == input_hash:
             out.results.append(RowResult(cid, UNCHANGED))
             return
+        inputs = row.inputs
+        prompt = inputs.system_prompt or self.config.default_system_prompt
+        turns, estimate = estimate_document_bytes(inputs.parsed, prompt)
+        if estimate > self.max_document_bytes:
+            message = (f"the document would take about {estimate / 1e6:.0f} MB ({turns} turns), "
+                       f"over the {self.max_document_bytes / 1e6:.0f} MB limit: split the "
+                       "conversation or raise REENRICH_MAX_DOCUMENT_BYTES")
+            details = {"turns": turns, "estimated_bytes": estimate,
+                       "limit_bytes": self.max_document_bytes}
+            self._fail(row, out, DOCUMENT_TOO_LARGE, message, details,
+                       {"errors": [{"code": DOCUMENT_TOO_LARGE, "message": message,
+                                    "path": "turns"}], "warnings": []})
+            return
         try:
-            result = enrich(row.inputs, self.config)
+            result = enrich(inputs, self.config)
         except InvalidDocument as exc:
             report = exc.report.as_dict()
             self._fail(row, out, exc.code, str(exc), {"errors": report["errors"]}, report)
@@ -123,7 +182,8 @@ class Processor:
             return
         out.changed.append(Changed(
             conversation_id=cid, document=RawJsonb(document), document_hash=doc_hash,
-            input_hash=input_hash, report=RawJsonb(orjson.dumps(result.report.as_dict()))))
+            input_hash=input_hash, report=RawJsonb(orjson.dumps(result.report.as_dict())),
+            row_version=row.row_version, marks=row.marks))
         out.enriched_bytes += len(document)
         params = result.document["input_parameters"] or {}
         if params.get("persona_key") or params.get("emotional_arc_key") \
@@ -137,5 +197,6 @@ class Processor:
         out.failed.append(Failed(
             conversation_id=cid, code=code, message=message,
             details=RawJsonb(orjson.dumps(details)), report=RawJsonb(orjson.dumps(report)),
-            rewrite_row=not (row.status == "failed" and row.error == message)))
+            rewrite_row=not (row.status == "failed" and row.error == message),
+            row_version=row.row_version, marks=row.marks))
         out.results.append(RowResult(cid, FAILED, code, message))

@@ -19,6 +19,7 @@ import orjson
 from sqlalchemy import Connection, text
 
 from worker.db.repository import Filters
+from worker.run_state import FINISHED, RESUMABLE, RunStatus, allowed_from
 
 
 class LeaseLost(Exception):
@@ -28,15 +29,15 @@ class LeaseLost(Exception):
 @dataclass(frozen=True, slots=True)
 class Run:
     name: str
-    status: str
+    status: RunStatus
     filters: Filters
-    dry_run: bool
     enrichment_version: int
     workers: int
     processed: int
     updated: int
     unchanged: int
     failed: int
+    deferred: int
     total: int | None
     started_at: datetime
     finished_at: datetime | None
@@ -59,18 +60,20 @@ class PageCounts:
     updated: int = 0
     unchanged: int = 0
     failed: int = 0
+    deferred: int = 0  # not written now (inputs changed meanwhile, or a lock held): later
 
 
 def _run(row: Any) -> Run:
     m = dict(row._mapping)
     m["filters"] = Filters.from_json(m["filters"] or {})
+    m["status"] = RunStatus(m["status"])
     return Run(**m)
 
 
 def get_run(conn: Connection, name: str) -> Run | None:
     row = conn.execute(text("""
-        SELECT name, status, filters, dry_run, enrichment_version, workers, processed, updated,
-               unchanged, failed, total, started_at, finished_at, heartbeat_at, last_error
+        SELECT name, status, filters, enrichment_version, workers, processed, updated,
+               unchanged, failed, deferred, total, started_at, finished_at, heartbeat_at, last_error
         FROM backfill_runs
         WHERE name = :name"""), {"name": name}).first()
     return _run(row) if row else None
@@ -78,20 +81,21 @@ def get_run(conn: Connection, name: str) -> Run | None:
 
 def latest_unfinished_run(conn: Connection, filters: Filters) -> Run | None:
     row = conn.execute(text("""
-        SELECT name, status, filters, dry_run, enrichment_version, workers, processed, updated,
-               unchanged, failed, total, started_at, finished_at, heartbeat_at, last_error
+        SELECT name, status, filters, enrichment_version, workers, processed, updated,
+               unchanged, failed, deferred, total, started_at, finished_at, heartbeat_at, last_error
         FROM backfill_runs
-        WHERE status IN ('running', 'interrupted', 'failed')
+        WHERE status = ANY(:resumable)
           AND filters = CAST(:filters AS jsonb)
         ORDER BY started_at DESC
-        LIMIT 1"""), {"filters": orjson.dumps(filters.as_json()).decode()}).first()
+        LIMIT 1"""), {"filters": orjson.dumps(filters.as_json()).decode(),
+                     "resumable": sorted(RESUMABLE)}).first()
     return _run(row) if row else None
 
 
 def list_runs(conn: Connection) -> list[Run]:
     rows = conn.execute(text("""
-        SELECT name, status, filters, dry_run, enrichment_version, workers, processed, updated,
-               unchanged, failed, total, started_at, finished_at, heartbeat_at, last_error
+        SELECT name, status, filters, enrichment_version, workers, processed, updated,
+               unchanged, failed, deferred, total, started_at, finished_at, heartbeat_at, last_error
         FROM backfill_runs
         ORDER BY started_at DESC, name"""))
     return [_run(r) for r in rows]
@@ -111,30 +115,49 @@ def create_run(conn: Connection, *, name: str, filters: Filters, version: int,
         [{"name": name, "no": i, "lower": lo, "upper": hi} for i, (lo, hi) in enumerate(bounds)])
 
 
-def restart_run(conn: Connection, *, name: str, version: int, total: int) -> None:
-    conn.execute(text("""
-        UPDATE backfill_runs
+def restart_run(conn: Connection, *, name: str, version: int, total: int) -> bool:
+    """Start a run over; False (nothing changed) while a live process works on it."""
+    row = conn.execute(text("""
+        UPDATE backfill_runs AS r
         SET status = 'running', processed = 0, updated = 0, unchanged = 0, failed = 0,
-            total = :total, enrichment_version = :version, started_at = now(),
+            deferred = 0, total = :total, enrichment_version = :version, started_at = now(),
             finished_at = NULL, heartbeat_at = now(), last_error = NULL
-        WHERE name = :name"""), {"name": name, "version": version, "total": total})
+        WHERE r.name = :name
+          AND NOT EXISTS (SELECT 1 FROM backfill_slices f
+                          JOIN pg_stat_activity a
+                            ON a.pid = f.owner_pid AND a.backend_start = f.owner_backend_start
+                          WHERE f.run_name = r.name AND f.status <> 'done'
+                            AND f.lease_expires_at >= now())
+        RETURNING r.name"""), {"name": name, "version": version, "total": total}).first()
+    if row is None:
+        return False
     conn.execute(text("""
         UPDATE backfill_slices
         SET cursor = NULL, status = 'pending', owner = NULL, owner_pid = NULL,
             owner_backend_start = NULL, lease_expires_at = NULL, processed = 0, updated = 0,
-            unchanged = 0, failed = 0, updated_at = now()
+            unchanged = 0, failed = 0, deferred = 0, updated_at = now()
         WHERE run_name = :name"""), {"name": name})
+    return True
 
 
-def set_run_status(conn: Connection, name: str, status: str,
-                   last_error: str | None = None) -> None:
-    conn.execute(text("""
-        UPDATE backfill_runs
-        SET status = :status, heartbeat_at = now(),
-            last_error = COALESCE(:error, last_error),
-            finished_at = CASE WHEN :status IN ('succeeded', 'cancelled') THEN now()
-                               ELSE finished_at END
-        WHERE name = :name"""), {"name": name, "status": status, "error": last_error})
+# Every status change goes through here, guarded by worker/run_state.py's table.
+MOVE_SQL = text("""
+UPDATE backfill_runs
+SET status = :status, heartbeat_at = now(),
+    last_error = COALESCE(:error, last_error),
+    finished_at = CASE WHEN :status = ANY(:finished) THEN now() ELSE finished_at END
+WHERE name = :name AND status = ANY(:sources)
+RETURNING status
+""")
+
+
+def move_run(conn: Connection, name: str, status: RunStatus,
+             last_error: str | None = None) -> bool:
+    """Move the run to `status` if the state machine allows it from where it is."""
+    row = conn.execute(MOVE_SQL, {"name": name, "status": status.value, "error": last_error,
+                                  "finished": sorted(FINISHED),
+                                  "sources": allowed_from(status)}).first()
+    return row is not None
 
 
 # The claim: one statement picks a free slice, skipping those other workers
@@ -183,6 +206,7 @@ UPDATE backfill_slices
 SET cursor = :cursor,
     processed = processed + :processed, updated = updated + :updated,
     unchanged = unchanged + :unchanged, failed = failed + :failed,
+    deferred = deferred + :deferred,
     lease_expires_at = now() + make_interval(secs => :lease),
     status = CASE WHEN :done THEN 'done' ELSE status END,
     owner = CASE WHEN :done THEN NULL ELSE owner END,
@@ -194,7 +218,8 @@ ADVANCE_RUN_SQL = text("""
 UPDATE backfill_runs
 SET processed = processed + :processed, updated = updated + :updated,
     unchanged = unchanged + :unchanged, failed = failed + :failed,
-    status = CASE WHEN status = 'cancelled' THEN status ELSE 'running' END,
+    deferred = deferred + :deferred,
+    status = CASE WHEN status = ANY(:resumable) THEN 'running' ELSE status END,
     heartbeat_at = now()
 WHERE name = :run
 RETURNING status
@@ -203,24 +228,21 @@ RETURNING status
 
 def advance(conn: Connection, *, run: str, slice_no: int, owner: str,
             cursor: uuid.UUID | None, counts: PageCounts, done: bool,
-            lease_seconds: float) -> str:
+            lease_seconds: float) -> RunStatus:
     """Commit-side checkpoint of one page; returns the run's status (an operator may cancel)."""
     params = {"run": run, "slice_no": slice_no, "owner": owner, "cursor": cursor,
               "processed": counts.processed, "updated": counts.updated,
-              "unchanged": counts.unchanged, "failed": counts.failed, "done": done,
-              "lease": lease_seconds}
+              "unchanged": counts.unchanged, "failed": counts.failed,
+              "deferred": counts.deferred, "done": done, "lease": lease_seconds,
+              "resumable": allowed_from(RunStatus.RUNNING)}
     if conn.execute(ADVANCE_SLICE_SQL, params).rowcount != 1:
         raise LeaseLost(f"slice {slice_no} of run {run!r} was taken over by another worker")
-    return str(conn.execute(ADVANCE_RUN_SQL, params).scalar_one())
+    return RunStatus(conn.execute(ADVANCE_RUN_SQL, params).scalar_one())
 
 
-def cancel_run(conn: Connection, name: str) -> str | None:
+def cancel_run(conn: Connection, name: str) -> bool:
     """Cancel an unfinished run; its workers stop after their current page."""
-    row = conn.execute(text("""
-        UPDATE backfill_runs SET status = 'cancelled', finished_at = now(), heartbeat_at = now()
-        WHERE name = :name AND status IN ('running', 'interrupted', 'failed')
-        RETURNING status"""), {"name": name}).first()
-    return None if row is None else str(row[0])
+    return move_run(conn, name, RunStatus.CANCELLED)
 
 
 def release_slice(conn: Connection, *, run: str, slice_no: int, owner: str) -> None:
@@ -244,13 +266,21 @@ def live_owners(conn: Connection, run: str) -> list[str]:
 
 
 def finish_run(conn: Connection, run: str) -> bool:
-    """Mark the run succeeded if every slice is done; True for the one caller that did."""
+    """End the run if every slice is done; True for the one caller that did.
+
+    With failed rows it is `finished_with_failures`, else `succeeded`. `total`
+    was the count of matching rows when the run started (progress only); at the
+    end it becomes the rows actually visited, so a finished run reads N of N
+    even when rows were inserted or deleted while it ran.
+    """
     row = conn.execute(text("""
-        UPDATE backfill_runs SET status = 'succeeded', finished_at = now(), heartbeat_at = now()
-        WHERE name = :run AND status <> 'succeeded'
+        UPDATE backfill_runs
+        SET status = CASE WHEN failed > 0 THEN 'finished_with_failures' ELSE 'succeeded' END,
+            total = processed, finished_at = now(), heartbeat_at = now()
+        WHERE name = :run AND status = ANY(:sources)
           AND NOT EXISTS (SELECT 1 FROM backfill_slices
                           WHERE run_name = :run AND status <> 'done')
-        RETURNING name"""), {"run": run}).first()
+        RETURNING name"""), {"run": run, "sources": allowed_from(RunStatus.SUCCEEDED)}).first()
     return row is not None
 
 

@@ -41,12 +41,11 @@ class Claimed:
 
 
 # Claimable: not claimed, or claimed longer ago than the lease (a crashed
-# worker). Oldest marks first. Its own transaction: commit right after.
+# worker). Oldest marks first. Its own transaction: commit right after. The
+# pick is a materialized CTE: as `IN (subquery)` the planner may run the
+# LIMIT subquery more than once and claim more rows than asked for.
 CLAIM_SQL = text("""
-UPDATE enrichment_queue AS q
-SET claimed_by = :worker,
-    claimed_at = clock_timestamp()
-WHERE q.conversation_id IN (
+WITH picked AS MATERIALIZED (
     SELECT f.conversation_id
     FROM enrichment_queue f
     WHERE f.claimed_by IS NULL
@@ -54,6 +53,11 @@ WHERE q.conversation_id IN (
     ORDER BY f.marked_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED)
+UPDATE enrichment_queue AS q
+SET claimed_by = :worker,
+    claimed_at = clock_timestamp()
+FROM picked
+WHERE q.conversation_id = picked.conversation_id
 RETURNING q.conversation_id, q.marks, q.marked_at
 """)
 
@@ -208,3 +212,17 @@ def list_workers(conn: Connection) -> list[dict[str, Any]]:
         FROM follow_workers w
         ORDER BY (status = 'running') DESC, heartbeat_at DESC, worker_id"""))
     return [dict(r._mapping) for r in rows]
+
+
+# A row a writer could not write (its inputs changed after the read, or
+# another session holds it) is marked again, so a follower finishes it.
+MARK_SQL = text("""
+SELECT reenrich_mark(ARRAY(SELECT conversation_id FROM conversations
+                           WHERE conversation_id = ANY(CAST(:ids AS uuid[]))
+                           ORDER BY conversation_id), :why)
+""")
+
+
+def mark(conn: Connection, ids: Sequence[uuid.UUID], *, why: str) -> None:
+    if ids:
+        conn.execute(MARK_SQL, {"ids": sorted(ids), "why": why})

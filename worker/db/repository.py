@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -49,12 +49,6 @@ def _raw(conn: Connection) -> psycopg.Connection[Any]:
     return driver
 
 
-def prepare_connection(conn: Connection) -> None:
-    """Per-connection setup for the write path (dumpers, staging table)."""
-    raw = _raw(conn)
-    raw.adapters.register_dumper(RawJsonb, _RawJsonbDumper)
-
-
 # ------------------------------------------------------------------ the page
 
 # One query per page: the rows with their scaffolding and latest system
@@ -71,6 +65,8 @@ SELECT c.conversation_id,
        c.enriched_hash,
        c.enrichment_status,
        c.enrichment_error,
+       c.xmin::text                     AS row_version,
+       q.marks                          AS queue_marks,
        p.id AS p_id, p.persona_key, p.name AS p_name, p.archetype, p.demographics,
        p.financial_background,
        a.id AS a_id, a.arc_key, a.name AS a_name, a.starting_emotion, a.ending_emotion,
@@ -83,6 +79,7 @@ LEFT JOIN personas p          ON p.id = c.persona_id
 LEFT JOIN emotional_arcs a    ON a.id = c.emotional_arc_id
 LEFT JOIN training_topics t   ON t.id = c.training_topic_id
 LEFT JOIN prompt_templates pt ON pt.id = c.template_id
+LEFT JOIN enrichment_queue q  ON q.conversation_id = c.conversation_id
 LEFT JOIN LATERAL (
     SELECT g.system_prompt
     FROM generation_logs g
@@ -102,11 +99,42 @@ LIMIT :limit
 """)
 
 # The same rows, selected by id (enrich, follow): same columns, same joins.
-_BY_IDS_SQL = PAGE_SQL.text.split("WHERE (CAST(:after", 1)[0] + """
+BY_IDS_SQL = text("""
+SELECT c.conversation_id,
+       c.created_at,
+       c.quality_score,
+       c.parsed_json::text              AS parsed_text,
+       (c.persona_id IS NOT NULL OR c.emotional_arc_id IS NOT NULL
+        OR c.training_topic_id IS NOT NULL) AS has_reference,
+       c.enrichment_input_hash,
+       c.enriched_hash,
+       c.enrichment_status,
+       c.enrichment_error,
+       c.xmin::text                     AS row_version,
+       q.marks                          AS queue_marks,
+       p.id AS p_id, p.persona_key, p.name AS p_name, p.archetype, p.demographics,
+       p.financial_background,
+       a.id AS a_id, a.arc_key, a.name AS a_name, a.starting_emotion, a.ending_emotion,
+       a.response_techniques,
+       t.id AS t_id, t.topic_key, t.name AS t_name, t.complexity_level,
+       pt.template_name, pt.category,
+       gl.system_prompt
+FROM conversations c
+LEFT JOIN personas p          ON p.id = c.persona_id
+LEFT JOIN emotional_arcs a    ON a.id = c.emotional_arc_id
+LEFT JOIN training_topics t   ON t.id = c.training_topic_id
+LEFT JOIN prompt_templates pt ON pt.id = c.template_id
+LEFT JOIN enrichment_queue q  ON q.conversation_id = c.conversation_id
+LEFT JOIN LATERAL (
+    SELECT g.system_prompt
+    FROM generation_logs g
+    WHERE g.conversation_id = c.conversation_id
+    ORDER BY g.created_at DESC, g.id DESC
+    LIMIT 1
+) gl ON true
 WHERE c.conversation_id = ANY(:ids)
 ORDER BY c.conversation_id
-"""
-BY_IDS_SQL = text(_BY_IDS_SQL)
+""")
 
 COUNT_SQL = text("""
 SELECT count(*)
@@ -164,6 +192,10 @@ class StoredRow:
     enriched_hash: str | None
     status: str
     error: str | None
+    # What the inputs were read at: the row's xmin and its queue mark (None: not
+    # marked). A write is made only while both are still the same.
+    row_version: str
+    marks: int | None
 
     @property
     def inputs(self) -> ConversationInputs:
@@ -199,7 +231,8 @@ def _row_to_stored(row: Any) -> StoredRow:
     return StoredRow(conversation_id=m["conversation_id"], inputs_text=parsed_text,
                      fields=fields,
                      input_hash=m["enrichment_input_hash"], enriched_hash=m["enriched_hash"],
-                     status=m["enrichment_status"], error=m["enrichment_error"])
+                     status=m["enrichment_status"], error=m["enrichment_error"],
+                     row_version=m["row_version"], marks=m["queue_marks"])
 
 
 def read_page(conn: Connection, *, after: uuid.UUID | None, upper: uuid.UUID | None,
@@ -229,6 +262,8 @@ class Changed:
     document_hash: str
     input_hash: str
     report: RawJsonb
+    row_version: str  # the row's xmin when its inputs were read
+    marks: int | None  # its queue mark then
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,15 +274,41 @@ class Failed:
     details: RawJsonb
     report: RawJsonb
     rewrite_row: bool  # False when the row already records this same failure
+    row_version: str
+    marks: int | None
+
+
+@dataclass
+class Written:
+    """What a conditional write did: rows written, failures recorded, rows found stale."""
+
+    updated: set[uuid.UUID] = field(default_factory=set)
+    failed: set[uuid.UUID] = field(default_factory=set)
+    # Inputs changed since the read (or the row is gone): nothing written for these.
+    stale: list[uuid.UUID] = field(default_factory=list)
+    # Held by another session (a write that skipped locked rows): left for later.
+    deferred: set[uuid.UUID] = field(default_factory=set)
+    # Rows the database refused, recorded as their failure instead.
+    refused: dict[uuid.UUID, Failed] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection limits of the write path (0: no limit)."""
+
+    lock_timeout_ms: int = 5_000
+    statement_timeout_ms: int = 0
 
 
 STAGE_DDL = text("""
-CREATE TEMP TABLE reenrich_stage (
+CREATE TEMP TABLE IF NOT EXISTS reenrich_stage (
     conversation_id   uuid PRIMARY KEY,
     enriched_json     jsonb NOT NULL,
     enriched_hash     text NOT NULL,
     input_hash        text NOT NULL,
-    validation_report jsonb NOT NULL
+    validation_report jsonb NOT NULL,
+    row_version       text NOT NULL,
+    marks             bigint
 ) ON COMMIT DELETE ROWS
 """)
 # PostgreSQL copies an already-compressed value into another table as it is.
@@ -263,8 +324,16 @@ STAGE_COMPRESSION = {
     "lz4": text("ALTER TABLE reenrich_stage ALTER COLUMN enriched_json SET COMPRESSION lz4"),
     "pglz": text("ALTER TABLE reenrich_stage ALTER COLUMN enriched_json SET COMPRESSION pglz"),
 }
+SET_LIMITS_SQL = text("""
+SELECT set_config('lock_timeout', CAST(:lock AS text), false),
+       set_config('statement_timeout', CAST(:statement AS text), false)
+""")
 
-# One set-based statement writes every changed row of a page (after COPY).
+# One set-based statement writes every changed row of a page (after COPY),
+# each only if its inputs are still those it was built from: the same row
+# version (xmin: no one wrote the row since the read) and the same queue mark
+# (no scaffolding, log or review edit since). A row waiting on another
+# writer's lock is re-checked on the version that writer committed.
 APPLY_STAGE_SQL = text("""
 UPDATE conversations AS c
 SET enriched_json         = s.enriched_json,
@@ -278,6 +347,25 @@ SET enriched_json         = s.enriched_json,
     updated_at            = now()
 FROM reenrich_stage AS s
 WHERE c.conversation_id = s.conversation_id
+  AND c.xmin::text = s.row_version
+  AND (SELECT q.marks FROM enrichment_queue q
+       WHERE q.conversation_id = c.conversation_id) IS NOT DISTINCT FROM s.marks
+RETURNING c.conversation_id
+""")
+
+# Failures are rare: lock the rows whose inputs are still those read, then
+# write only those (the same condition as APPLY_STAGE_SQL).
+LOCK_CURRENT_SQL = text("""
+SELECT c.conversation_id
+FROM conversations c
+JOIN unnest(CAST(:ids AS uuid[]), CAST(:versions AS text[]), CAST(:marks AS bigint[]))
+     AS r(conversation_id, row_version, marks)
+  ON r.conversation_id = c.conversation_id
+WHERE c.xmin::text = r.row_version
+  AND (SELECT q.marks FROM enrichment_queue q
+       WHERE q.conversation_id = c.conversation_id) IS NOT DISTINCT FROM r.marks
+ORDER BY c.conversation_id
+FOR NO KEY UPDATE OF c
 """)
 
 MARK_FAILED_SQL = text("""
@@ -314,53 +402,78 @@ WHERE resolved_at IS NULL
 """)
 
 
-def _ensure_stage(conn: Connection) -> None:
-    """The session's staging table, made once per database connection."""
+def prepare_connection(conn: Connection, limits: Limits | None = None) -> None:
+    """Per-connection setup of the write path, committed on its own.
+
+    The staging table and the timeouts must outlive any later transaction
+    that rolls back, so they are made here, outside the write transactions
+    (a flag set inside a transaction that then rolled back would outlive the
+    table it stands for). The caller must have no transaction open.
+    """
+    raw = _raw(conn)
     info = conn.connection.info
-    if not info.get("reenrich_stage"):
-        exists = conn.execute(text("SELECT to_regclass('pg_temp.reenrich_stage') IS NOT NULL")
-                              ).scalar_one()
-        if not exists:
-            conn.execute(STAGE_DDL)
-            method = conn.execute(TARGET_COMPRESSION).scalar_one()
-            if method in STAGE_COMPRESSION:
-                conn.execute(STAGE_COMPRESSION[method])
-        info["reenrich_stage"] = True
+    limits = limits or Limits()
+    if info.get("reenrich_limits") == limits:
+        return
+    raw.adapters.register_dumper(RawJsonb, _RawJsonbDumper)
+    conn.execute(STAGE_DDL)
+    method = conn.execute(TARGET_COMPRESSION).scalar_one()
+    if method in STAGE_COMPRESSION:
+        conn.execute(STAGE_COMPRESSION[method])
+    conn.execute(SET_LIMITS_SQL, {"lock": limits.lock_timeout_ms,
+                                  "statement": limits.statement_timeout_ms})
+    conn.commit()
+    info["reenrich_limits"] = limits
+
+
+def _copy_changed(conn: Connection, changed: Sequence[Changed]) -> None:
+    cursor = _raw(conn).cursor()
+    with cursor.copy("COPY reenrich_stage (conversation_id, enriched_json, enriched_hash, "
+                     "input_hash, validation_report, row_version, marks) FROM STDIN") as copy:
+        for row in changed:
+            copy.write_row((row.conversation_id, row.document, row.document_hash,
+                            row.input_hash, row.report, row.row_version, row.marks))
 
 
 def write_changes(conn: Connection, *, changed: Sequence[Changed], failed: Sequence[Failed],
-                  resolved: Sequence[uuid.UUID], run_name: str | None, version: int) -> int:
-    """Write one page's outcome inside the caller's transaction. Returns rows updated."""
-    written = 0
+                  resolved: Sequence[uuid.UUID], run_name: str | None,
+                  version: int) -> Written:
+    """Write one page's outcome inside the caller's transaction, each row only if current."""
+    out = Written()
     if changed:
-        _ensure_stage(conn)
-        cursor = _raw(conn).cursor()
-        with cursor.copy("COPY reenrich_stage (conversation_id, enriched_json, enriched_hash, "
-                         "input_hash, validation_report) FROM STDIN") as copy:
-            for row in changed:
-                copy.write_row((row.conversation_id, row.document, row.document_hash,
-                                row.input_hash, row.report))
-        written = conn.execute(APPLY_STAGE_SQL, {"version": version}).rowcount
+        _copy_changed(conn, changed)
+        rows = conn.execute(APPLY_STAGE_SQL, {"version": version})
+        out.updated = {row[0] for row in rows}
         # Empty now, not only at commit: a caller may write twice in one transaction.
         conn.execute(text("TRUNCATE reenrich_stage"))
+        out.stale += [c.conversation_id for c in changed if c.conversation_id not in out.updated]
     if failed:
-        rewrite = [f for f in failed if f.rewrite_row]
+        current = {row[0] for row in conn.execute(LOCK_CURRENT_SQL, {
+            "ids": [f.conversation_id for f in failed],
+            "versions": [f.row_version for f in failed],
+            "marks": [f.marks for f in failed]})}
+        record = [f for f in failed if f.conversation_id in current]
+        out.stale += [f.conversation_id for f in failed if f.conversation_id not in current]
+        rewrite = [f for f in record if f.rewrite_row]
         if rewrite:
             conn.execute(MARK_FAILED_SQL, {
                 "ids": [f.conversation_id for f in rewrite],
                 "messages": [f.message for f in rewrite],
                 "reports": [f.report.decode() for f in rewrite],
             })
-        conn.execute(RECORD_FAILURES_SQL, {
-            "run": run_name,
-            "ids": [f.conversation_id for f in failed],
-            "codes": [f.code for f in failed],
-            "messages": [f.message for f in failed],
-            "details": [f.details.decode() for f in failed],
-        })
-    if resolved:
-        conn.execute(RESOLVE_FAILURES_SQL, {"ids": list(resolved)})
-    return written
+        if record:
+            conn.execute(RECORD_FAILURES_SQL, {
+                "run": run_name,
+                "ids": [f.conversation_id for f in record],
+                "codes": [f.code for f in record],
+                "messages": [f.message for f in record],
+                "details": [f.details.decode() for f in record],
+            })
+        out.failed = {f.conversation_id for f in record}
+    done = [i for i in resolved if i in out.updated]
+    if done:
+        conn.execute(RESOLVE_FAILURES_SQL, {"ids": done})
+    return out
 
 
 # ------------------------------------------------------------- show / reads
