@@ -435,7 +435,7 @@ def test_hostile_copy_does_not_leak_between_tests() -> None:
 
 def test_cancelled_run_stops_after_its_page(engine: Engine, db_url: str, tmp_path: Path,
                                             raw: psycopg.Connection[Any]) -> None:
-    seed(engine, tmp_path, count=40)
+    seed(engine, tmp_path, count=120)
     proc = _start_backfill(db_url, "--run", "stopme", "--batch-size", "5", "--sleep", "0.3")
     _wait_for(lambda: (raw.execute("SELECT coalesce(max(processed), 0) FROM backfill_runs"
                                    ).fetchone()[0]) >= 5)
@@ -444,7 +444,7 @@ def test_cancelled_run_stops_after_its_page(engine: Engine, db_url: str, tmp_pat
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 5, err  # cancelled: its own exit status, not success
     status, processed = raw.execute("SELECT status, processed FROM backfill_runs").fetchone()
-    assert status == "cancelled" and processed < 40
+    assert status == "cancelled" and processed < 120
     assert "backfill.cancelled" in err
     again = run_cli(db_url, "backfill", "--run", "stopme")  # finished: nothing without --restart
     assert again.returncode == 0 and "already_finished" in again.stderr

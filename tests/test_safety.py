@@ -351,13 +351,10 @@ def test_a_deeply_nested_record_fails_alone_with_its_line(
         engine: Engine, tmp_path: Path, raw: psycopg.Connection[Any]) -> None:
     good = list(synthetic.conversation_records(2, seed=4, legacy_share=0, bare_share=0))
     nested = dict(good[0], conversation_id=str(uuid.uuid4()))
-    deep: Any = "bottom"
-    for _ in range(10_000):
-        deep = [deep]
-    nested["parsed_json"] = dict(nested["parsed_json"], extra=deep)
+    deep = "[" * 10_000 + '"bottom"' + "]" * 10_000  # written out: json.dumps cannot
     path = tmp_path / "nested.jsonl"
     lines = [json.dumps(r) for r in (*synthetic.scaffolding_records(), good[0])]
-    lines.append(json.dumps(nested, check_circular=False).replace("\n", ""))
+    lines.append(json.dumps(nested).replace('"turns":', f'"extra": {deep}, "turns":', 1))
     lines.append(json.dumps(good[1]))
     path.write_text("\n".join(lines) + "\n")
     summary = import_path(engine, path)
@@ -372,7 +369,7 @@ def test_a_deeply_nested_record_fails_alone_with_its_line(
 ])
 def test_numbers_json_cannot_hold_are_refused_not_changed(
         engine: Engine, tmp_path: Path, literal: str, why: str) -> None:
-    record = list(synthetic.conversation_records(1, seed=4, legacy_share=0, bare_share=0))[0]
+    record = next(synthetic.conversation_records(1, seed=4, legacy_share=0, bare_share=0))
     text = json.dumps(record).replace('"turns":', f'"score_hint": {literal}, "turns":', 1)
     path = tmp_path / "numbers.jsonl"
     path.write_text("\n".join([*(json.dumps(r) for r in synthetic.scaffolding_records()),
@@ -384,7 +381,7 @@ def test_numbers_json_cannot_hold_are_refused_not_changed(
 
 def test_nul_removal_that_would_merge_two_keys_is_refused(
         engine: Engine, tmp_path: Path) -> None:
-    record = list(synthetic.conversation_records(1, seed=4, legacy_share=0, bare_share=0))[0]
+    record = next(synthetic.conversation_records(1, seed=4, legacy_share=0, bare_share=0))
     record["parsed_json"]["note\u0000"] = "first"
     record["parsed_json"]["note"] = "second"
     path = tmp_path / "nul.jsonl"
@@ -401,12 +398,33 @@ def test_nul_removal_that_would_merge_two_keys_is_refused(
 def test_a_follow_claim_never_takes_more_than_the_batch_size(
         engine: Engine, raw: psycopg.Connection[Any], tmp_path: Path) -> None:
     seed(engine, tmp_path, count=0)
-    insert_generated(raw, 300)
-    with engine.connect() as conn:
-        for _ in range(3):
-            with conn.begin():
-                claimed = queue.claim(conn, worker="w", limit=50, lease_seconds=0)
-            assert len(claimed) == 50
+    ids = insert_generated(raw, 400)
+    sizes: list[int] = []
+    stop = threading.Event()
+
+    def claimer(name: str) -> None:
+        with engine.connect() as conn:
+            while not stop.is_set():
+                with conn.begin():
+                    sizes.append(len(queue.claim(conn, worker=name, limit=20,
+                                                 lease_seconds=0)))
+
+    def remarker() -> None:  # editors re-marking rows while workers claim them
+        with psycopg.connect(libpq_url(str(engine.url.render_as_string(False)))) as conn:
+            conn.autocommit = True
+            rng = random.Random(1)
+            while not stop.is_set():
+                conn.execute("SELECT reenrich_mark(%s::uuid[], 'test')", (rng.sample(ids, 50),))
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(3)]
+    threads.append(threading.Thread(target=remarker))
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert sizes and max(sizes) <= 20, max(sizes)
 
 
 def test_restart_is_refused_while_another_process_works_on_the_run(

@@ -188,8 +188,16 @@ def backfill_options(args: argparse.Namespace, settings: Settings) -> Any:
         max_rows_per_second=args.max_rows_per_second or settings.max_rows_per_second,
         sleep_seconds=args.sleep if args.sleep is not None else settings.sleep_seconds,
         lease_seconds=settings.lease_seconds, max_pages=args.max_pages, join=args.join,
-        child_args=child_args,
+        child_args=child_args, limits=write_limits(settings),
+        reconnect_seconds=settings.reconnect_seconds,
     )
+
+
+def write_limits(settings: Settings) -> Any:
+    from worker.db.repository import Limits
+
+    return Limits(lock_timeout_ms=settings.lock_timeout_ms,
+                  statement_timeout_ms=settings.statement_timeout_ms)
 
 
 def cmd_backfill(args: argparse.Namespace, ctx: Context) -> int:
@@ -199,7 +207,8 @@ def cmd_backfill(args: argparse.Namespace, ctx: Context) -> int:
     stop = threading.Event()
     install_stop_handlers(stop)
     options = backfill_options(args, ctx.settings)
-    processor = Processor(load_enrichment_config(ctx.settings))
+    processor = Processor(load_enrichment_config(ctx.settings),
+                          max_document_bytes=ctx.settings.max_document_bytes)
     try:
         result = run_backfill(ctx.engine(), processor, options, stop)
     except RunBusy as exc:
@@ -264,8 +273,9 @@ def cmd_follow(args: argparse.Namespace, ctx: Context) -> int:
         poll_interval=args.poll_interval or ctx.settings.poll_interval,
         batch_size=args.batch_size or ctx.settings.batch_size or DEFAULT_BATCH_SIZE,
         lease_seconds=ctx.settings.lease_seconds,
-        heartbeat_seconds=ctx.settings.heartbeat_seconds)
-    processor = Processor(load_enrichment_config(ctx.settings))
+        heartbeat_seconds=ctx.settings.heartbeat_seconds, limits=write_limits(ctx.settings))
+    processor = Processor(load_enrichment_config(ctx.settings),
+                          max_document_bytes=ctx.settings.max_document_bytes)
     engine = make_engine(ctx.url, application_name=APPLICATION_NAME)
     try:
         run_follow(engine, ctx.url, processor, options, stop,

@@ -43,7 +43,14 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=30.0, gt=0)
     consultant_profile_path: Path | None = None
     system_prompt_path: Path | None = None
-    statement_timeout_ms: int = Field(default=0, ge=0)
+    # The write path's limits (issue 9): a page waiting longer than this for a
+    # row lock is retried, then written without the held rows (counted deferred).
+    lock_timeout_ms: int = Field(default=5_000, ge=0)
+    statement_timeout_ms: int = Field(default=300_000, ge=0)
+    # How long a backfill waits for a database that went away before it exits.
+    reconnect_seconds: float = Field(default=60.0, ge=0)
+    # A conversation whose document would be larger fails with document_too_large.
+    max_document_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
     @field_validator("log_level")
     @classmethod

@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from worker.batch import BatchResult, enrich_batch, log_row_failures
 from worker.db import queue
 from worker.db.engine import connect_args, libpq_url
+from worker.db.repository import Limits
 from worker.processing import Processor
 
 log = structlog.get_logger("reenrich.follow")
@@ -52,6 +53,7 @@ class FollowOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     lease_seconds: float = 120.0
     heartbeat_seconds: float = 30.0
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass
@@ -198,7 +200,7 @@ class Follower:
             ids = [c.conversation_id for c in claimed]
             try:
                 result = enrich_batch(conn, self.processor, ids, skip_locked=True,
-                                      worker=self.worker)
+                                      worker=self.worker, limits=self.options.limits)
             except Exception as exc:
                 if is_connection_error(exc):
                     raise

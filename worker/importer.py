@@ -9,6 +9,8 @@ file.
 from __future__ import annotations
 
 import json
+import math
+import re
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -27,6 +29,13 @@ from worker.db import bundle
 log = structlog.get_logger("reenrich.import")
 
 BATCH = 500
+# Far deeper than any generator's document (about 6 levels), far shallower
+# than what recursion in the parser, the models or the server can take.
+MAX_DEPTH = 100
+# Numbers orjson would change silently: integers past 64 bits become floats,
+# and tiny exponents underflow to 0.0. Lines with such literals (or that orjson
+# refuses) are read by the strict reader, which refuses what it cannot keep.
+_SUSPECT_NUMBER = re.compile(rb"\d{19,}|[eE]-\d{3,}")
 UUID_NAMESPACE = uuid.UUID("6f1c7c2e-8a57-5d0e-9b6a-7a1b1e2c3d4f")
 KINDS = ("persona", "emotional_arc", "training_topic", "prompt_template", "conversation")
 BUNDLE_ARRAYS = {"personas": "persona", "emotional_arcs": "emotional_arc",
@@ -132,6 +141,69 @@ class _Item:
     error: str | None = None
 
 
+class RecordRefused(ValueError):
+    """A record reenrich cannot store exactly as given; the message says why."""
+
+
+def _bad_constant(name: str) -> Any:
+    raise RecordRefused(f"{name} is not a number JSON can carry: write it as a string or null")
+
+
+def _exact_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise RecordRefused(f"the number {literal} is out of range for a double: "
+                            "write it as a string")
+    if value == 0.0 and any(c in "123456789" for c in literal.split("e")[0].split("E")[0]):
+        raise RecordRefused(f"the number {literal} underflows to 0: write it as a string or 0")
+    return value
+
+
+def _exact_int(literal: str) -> int:
+    value = int(literal)
+    if not -(2**63) <= value < 2**64:
+        raise RecordRefused(f"the integer {literal} does not fit 64 bits: write it as a string")
+    return value
+
+
+def strict_loads(text: str | bytes) -> Any:
+    """JSON as given, or RecordRefused: no number changed, no nesting past MAX_DEPTH."""
+    try:
+        value = json.loads(text, parse_constant=_bad_constant, parse_float=_exact_float,
+                           parse_int=_exact_int)
+    except RecursionError as exc:
+        raise RecordRefused(f"nested deeper than {MAX_DEPTH} levels") from exc
+    _check_depth(value)
+    return value
+
+
+def _check_depth(value: Any) -> None:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise RecordRefused(f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(item, dict):
+            stack += [(v, depth + 1) for v in item.values()]
+        elif isinstance(item, list):
+            stack += [(v, depth + 1) for v in item]
+
+
+def _loads_line(line: bytes) -> Any:
+    if _SUSPECT_NUMBER.search(line) is None:
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass  # too deep, NaN, a lone surrogate...: the strict reader says which
+        else:
+            _check_depth(value)
+            return value
+    try:
+        return strict_loads(line)
+    except UnicodeDecodeError as exc:
+        raise RecordRefused(f"not valid UTF-8: {exc}") from exc
+
+
 def _strip_nul(value: Any) -> tuple[Any, bool]:
     """jsonb cannot hold U+0000: remove it from every string and key."""
     if isinstance(value, str):
@@ -141,6 +213,9 @@ def _strip_nul(value: Any) -> tuple[Any, bool]:
         for k, v in value.items():
             k2, h1 = _strip_nul(k)
             v2, h2 = _strip_nul(v)
+            if k2 in out:
+                raise RecordRefused(f"removing NUL characters from key {k!r} makes it the "
+                                    "same key as another: fix the record")
             out[k2] = v2
             hit = hit or h1 or h2
         return out, hit
@@ -157,14 +232,13 @@ def _iter_jsonl(path: Path) -> Iterator[_Item]:
                 continue
             where = f"line {number}"
             try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                # orjson rejects lone surrogates and the like; json is more lenient.
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    yield _Item(where, None, None, f"not valid JSON: {exc}")
-                    continue
+                record = _loads_line(line)
+            except RecordRefused as exc:
+                yield _Item(where, None, None, str(exc))
+                continue
+            except ValueError as exc:
+                yield _Item(where, None, None, f"not valid JSON: {exc}")
+                continue
             if not isinstance(record, dict):
                 yield _Item(where, None, None, "a record must be a JSON object")
                 continue
@@ -178,7 +252,9 @@ def _iter_jsonl(path: Path) -> Iterator[_Item]:
 
 def _iter_bundle(path: Path) -> Iterator[_Item]:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = strict_loads(path.read_text(encoding="utf-8"))
+    except RecordRefused as exc:
+        raise ImportFileError(f"{path}: {exc}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ImportFileError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
@@ -308,7 +384,7 @@ def import_path(engine: Engine, path: Path) -> ImportSummary:
                     importer.one(item)
                 except ValidationError as exc:
                     error = _describe(exc)
-                except LookupError as exc:
+                except (LookupError, RecordRefused) as exc:
                     error = str(exc)
                 except Exception as exc:  # a database error for this record only
                     error = f"database rejected the record: {str(exc).splitlines()[0]}"
