@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -235,6 +236,7 @@ def test_missed_notifications_are_caught_by_the_poll(
     seed(engine, tmp_path, count=0)
     follow = follows("--poll-interval", "0.5")
     follow.wait_started()
+    time.sleep(1.0)  # past the start's drain: only a poll can find what comes next
     with raw.transaction():
         raw.execute("SET LOCAL session_replication_role = replica")  # triggers off: no NOTIFY
         ids = insert_generated(raw, 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Engine
 
-from tests.generated import insert_generated
+from tests.generated import insert_generated, wait_until
 from tests.helpers import import_records, seed
 from worker import enrich_conversations, synthetic
 from worker.batch import enrich_batch
@@ -17,6 +18,7 @@ from worker.config import EnrichmentConfig
 from worker.db import queue
 from worker.db.engine import libpq_url
 from worker.db.repository import StoredRow
+from worker.follow import Follower, FollowOptions
 from worker.processing import PageOutcome, Processor
 
 
@@ -33,15 +35,18 @@ def _clear(raw: psycopg.Connection[Any]) -> None:
     raw.execute("DELETE FROM enrichment_queue")
 
 
-def test_new_conversations_and_logs_are_marked(engine: Engine, tmp_path: Path,
-                                               raw: psycopg.Connection[Any]) -> None:
+def test_new_conversations_are_pending_not_queued_and_logs_are_marked(
+        engine: Engine, tmp_path: Path, raw: psycopg.Connection[Any]) -> None:
     seed(engine, tmp_path, count=12)
-    queued = _queued(raw)
-    assert set(queued) == set(_all_ids(raw))
-    assert {reason for _, reason in queued.values()} <= {"conversation", "generation_log"}
+    statuses = {r[0] for r in raw.execute("SELECT enrichment_status FROM conversations")}
+    assert statuses == {"pending"}  # a new row's own status is its mark (migration 0009)
+    assert {reason for _, reason in _queued(raw).values()} <= {"generation_log"}
     _clear(raw)
     with raw.transaction():
-        ids = insert_generated(raw, 3)
+        raw.execute("INSERT INTO conversations (parsed_json) VALUES ('{}'), ('{}')")
+    assert _queued(raw) == {}
+    with raw.transaction():
+        ids = insert_generated(raw, 3)  # each with a generation log: the log marks
     assert set(_queued(raw)) == set(ids)
 
 
@@ -75,28 +80,26 @@ def test_reimporting_the_same_file_marks_nothing(engine: Engine, tmp_path: Path,
     assert _queued(raw) == {}
 
 
-def test_scaffolding_edits_mark_exactly_their_users(engine: Engine, tmp_path: Path,
-                                                    raw: psycopg.Connection[Any]) -> None:
+def test_a_scaffolding_edit_records_one_row_whatever_its_users(
+        engine: Engine, tmp_path: Path, raw: psycopg.Connection[Any]) -> None:
     seed(engine, tmp_path, count=40)
-    for table, column, key_column, key, reason in (
-            ("personas", "persona_id", "persona_key", "anxious_planner", "persona"),
-            ("emotional_arcs", "emotional_arc_id", "arc_key", "shame_to_acceptance",
-             "emotional_arc"),
-            ("training_topics", "training_topic_id", "topic_key", "roth_conversion",
-             "training_topic"),
-            ("prompt_templates", "template_id", "template_name",
-             "Template - Crisis Response", "prompt_template")):
+    for table, key_column, key, kind in (
+            ("personas", "persona_key", "anxious_planner", "persona"),
+            ("emotional_arcs", "arc_key", "shame_to_acceptance", "emotional_arc"),
+            ("training_topics", "topic_key", "roth_conversion", "training_topic"),
+            ("prompt_templates", "template_name", "Template - Crisis Response",
+             "prompt_template")):
         _clear(raw)
-        users = {r[0] for r in raw.execute(
-            f"SELECT c.conversation_id FROM conversations c JOIN {table} s "
-            f"ON s.id = c.{column} WHERE s.{key_column} = %s", (key,))}
-        assert users, f"the seed has no user of {table} {key}"
-        edit = ("SET category = 'renamed'" if table == "prompt_templates"
-                else "SET name = name || ' (renamed)'")
+        raw.execute("DELETE FROM scaffolding_edits")
+        edit = ("SET category = coalesce(category, '') || '!'" if table == "prompt_templates"
+                else "SET name = name || '!'")
         raw.execute(f"UPDATE {table} {edit} WHERE {key_column} = %s", (key,))
-        queued = _queued(raw)
-        assert set(queued) == users, table
-        assert {why for _, why in queued.values()} == {reason}
+        raw.execute(f"UPDATE {table} {edit} WHERE {key_column} = %s", (key,))
+        (sid,) = raw.execute(f"SELECT id FROM {table} WHERE {key_column} = %s",
+                             (key,)).fetchone()  # type: ignore[misc]
+        assert raw.execute("SELECT kind, scaffold_id, edits, cursor FROM scaffolding_edits"
+                           ).fetchall() == [(kind, sid, 2, None)], table
+        assert _queued(raw) == {}, table
 
 
 def test_generation_log_edits_mark_and_cascade_deletes_work(
@@ -131,7 +134,7 @@ class _EditsMidway(Processor):
         return outcome
 
 
-def test_an_edit_made_while_the_row_is_enriched_is_never_overwritten_by_the_stale_document(
+def test_an_edit_made_while_the_row_is_enriched_is_never_left_stale(
         engine: Engine, tmp_path: Path, raw: psycopg.Connection[Any], db_url: str,
         config: EnrichmentConfig) -> None:
     seed(engine, tmp_path, count=0)
@@ -144,12 +147,21 @@ def test_an_edit_made_while_the_row_is_enriched_is_never_overwritten_by_the_stal
         return row[0] if row else None
 
     with engine.connect() as conn:
-        first = enrich_batch(conn, _EditsMidway(config, db_url), [cid], skip_locked=True)
-    # The document built before the edit is refused by the conditional write; the
-    # row is read again under its lock and written from the edited arc.
-    assert first.counts.updated == 1 and list(first.dequeued) == [cid]
-    assert arc_name() == "Fear → Courage"
-    assert _queued(raw) == {}
+        enrich_batch(conn, _EditsMidway(config, db_url), [cid], skip_locked=True)
+    # Built before the arc was renamed: the rename is recorded as one edit ...
+    assert arc_name() == "Fear → Confidence"
+    assert raw.execute("SELECT kind FROM scaffolding_edits").fetchall() == [("emotional_arc",)]
+    # ... which a follower expands into its conversations, read after the edit.
+    stop = threading.Event()
+    follower = Follower(engine, db_url, Processor(config), FollowOptions(poll_interval=0.2),
+                        stop)
+    thread = threading.Thread(target=follower.run, daemon=True)
+    thread.start()
+    wait_until(lambda: arc_name() == "Fear → Courage", what="the expansion")
+    wait_until(lambda: raw.execute("SELECT count(*) FROM scaffolding_edits").fetchone() == (0,),
+               what="the edit to be done")
+    stop.set()
+    thread.join(timeout=30)
 
 
 def test_the_follow_step_skips_a_row_an_editor_holds(
@@ -178,6 +190,7 @@ def test_the_follow_step_skips_a_row_an_editor_holds(
 def test_claims_skip_claimed_rows_until_the_lease_ends(
         engine: Engine, tmp_path: Path, raw: psycopg.Connection[Any]) -> None:
     seed(engine, tmp_path, count=5)
+    raw.execute("SELECT reenrich_mark(ARRAY(SELECT conversation_id FROM conversations), 'x')")
     with engine.begin() as conn:
         first = queue.claim(conn, worker="a", limit=3, lease_seconds=60)
     with engine.begin() as conn:

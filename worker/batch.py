@@ -272,13 +272,29 @@ def enrich_batch(conn: Connection, processor: Processor, ids: Sequence[uuid.UUID
     """Enrich `ids` now; the connection must have no transaction open."""
     wanted = sorted(set(ids))
 
+    def lock(conn: Connection) -> list[uuid.UUID]:
+        return queue.lock_conversations(conn, wanted, skip_locked=skip_locked)
+
+    return _enrich(conn, processor, lock, wanted, worker=worker, limits=limits)
+
+
+def enrich_pending(conn: Connection, processor: Processor, *, limit: int,
+                   worker: str | None = None, limits: Limits | None = None) -> BatchResult:
+    """Enrich up to `limit` new conversations (status pending) no one else holds."""
+    return _enrich(conn, processor, lambda conn: queue.lock_pending(conn, limit=limit), [],
+                   worker=worker, limits=limits)
+
+
+def _enrich(conn: Connection, processor: Processor,
+            lock: Callable[[Connection], list[uuid.UUID]], wanted: list[uuid.UUID], *,
+            worker: str | None, limits: Limits | None) -> BatchResult:
     def work(conn: Connection, mode: Mode) -> BatchResult:
-        locked = queue.lock_conversations(conn, wanted, skip_locked=skip_locked)
+        locked = lock(conn)
         outcome = processor.process(repository.read_by_ids(conn, locked))
         committed = write_outcome(conn, processor, outcome, run_name=None, mode=mode)
         result = BatchResult(committed=committed,
                              not_locked=sorted(set(wanted) - set(locked)))
-        if worker is not None:
+        if worker is not None and committed.results:
             queue.record_batch(conn, worker=worker, counts=result.counts)
         return result
 

@@ -32,7 +32,7 @@ import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from worker.batch import BatchResult, enrich_batch, log_row_failures
+from worker.batch import BatchResult, enrich_batch, enrich_pending, log_row_failures
 from worker.db import queue
 from worker.db.engine import connect_args, libpq_url
 from worker.db.repository import Limits
@@ -189,45 +189,99 @@ class Follower:
     # -------------------------------------------------------------- the work
 
     def _drain(self, conn: Connection, why: str) -> None:
+        """Work until nothing is left: queue marks, new rows, scaffolding edits."""
         rows = 0
         while not self.stop.is_set():
-            with conn.begin():
-                claimed = queue.claim(conn, worker=self.worker, limit=self.options.batch_size,
-                                      lease_seconds=self.options.lease_seconds)
-            if not claimed:
-                break
-            rows += len(claimed)
-            ids = [c.conversation_id for c in claimed]
             try:
-                result = enrich_batch(conn, self.processor, ids, skip_locked=True,
-                                      worker=self.worker, limits=self.options.limits)
+                done = self._marked(conn) + self._pending(conn) + self._expansions(conn)
             except Exception as exc:
                 if is_connection_error(exc):
                     raise
-                # A statement the database refused: the claims stay until the lease
+                # A statement the database refused: claims stay until the lease
                 # ends, so these rows are tried again then, not in a hot loop.
                 error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
-                log.error("follow.batch_failed", rows=len(ids), error=error,
+                log.error("follow.batch_failed", error=error,
                           retry_after_seconds=self.options.lease_seconds)
+                conn.rollback()
                 with conn.begin():
                     queue.heartbeat(conn, worker=self.worker, error=error)
                 break
-            left = [i for i in ids if i not in result.dequeued]
-            if left:
-                # Held by another transaction, or marked again meanwhile: free the
-                # claim so the next pass (any worker) takes them.
-                with conn.begin():
-                    queue.release(conn, worker=self.worker, ids=left)
-            self._report(result, len(ids), len(left))
-            self._heartbeat_if_due(conn)
-            if not result.dequeued:
-                break  # no progress: what is left is held by others; next wake
+            if not done:
+                break
+            rows += done
         if why == "poll" and rows:
             log.info("follow.poll_found_work", rows=rows,
                      message="rows were found by polling, not by a notification")
         elif why == "start" and rows:
             log.info("follow.backlog_drained", rows=rows,
                      message="rows marked while no worker listened")
+
+    def _marked(self, conn: Connection) -> int:
+        """One batch of queue marks (edited conversations, logs, reviews); rows done."""
+        with conn.begin():
+            claimed = queue.claim(conn, worker=self.worker, limit=self.options.batch_size,
+                                  lease_seconds=self.options.lease_seconds)
+        if not claimed:
+            return 0
+        ids = [c.conversation_id for c in claimed]
+        result = enrich_batch(conn, self.processor, ids, skip_locked=True,
+                              worker=self.worker, limits=self.options.limits)
+        left = [i for i in ids if i not in result.dequeued]
+        if left:
+            # Held by another transaction, or marked again meanwhile: free the
+            # claim so the next pass (any worker) takes them.
+            with conn.begin():
+                queue.release(conn, worker=self.worker, ids=left)
+        self._report(result, len(ids), len(left))
+        self._heartbeat_if_due(conn)
+        return len(result.dequeued)  # 0: what is left is held by others; next wake
+
+    def _pending(self, conn: Connection) -> int:
+        """One batch of new conversations (their status is the mark); rows done."""
+        result = enrich_pending(conn, self.processor, limit=self.options.batch_size,
+                                worker=self.worker, limits=self.options.limits)
+        if result.results:
+            self._report(result, len(result.results), 0)
+            self._heartbeat_if_due(conn)
+        return len(result.results)
+
+    def _expansions(self, conn: Connection) -> int:
+        """Expand one scaffolding edit into its conversations, page by page; rows done."""
+        with conn.begin():
+            edit = queue.claim_edit(conn, worker=self.worker,
+                                    lease_seconds=self.options.lease_seconds)
+        if edit is None:
+            return 0
+        log.info("follow.expansion_started", kind=edit.kind, scaffold_id=str(edit.scaffold_id),
+                 edits=edit.edits, cursor=str(edit.cursor) if edit.cursor else None)
+        rows, after = 0, edit.cursor
+        while not self.stop.is_set():
+            with conn.begin():
+                ids = queue.edit_users(conn, edit, after=after, limit=self.options.batch_size)
+            if ids:
+                result = enrich_batch(conn, self.processor, ids, skip_locked=True,
+                                      worker=self.worker, limits=self.options.limits)
+                if result.not_locked:  # held right now: the queue finishes them
+                    with conn.begin():
+                        queue.mark(conn, result.not_locked, why=edit.kind)
+                self._report(result, len(ids), len(result.not_locked))
+                rows += len(ids)
+            with conn.begin():
+                if len(ids) < self.options.batch_size:
+                    finished = queue.finish_edit(conn, edit)
+                    log.info("follow.expansion_finished", kind=edit.kind, rows=rows,
+                             scaffold_id=str(edit.scaffold_id), restarted=not finished)
+                    return rows or 1
+                after = ids[-1]
+                if not queue.advance_edit(conn, edit, worker=self.worker, cursor=after):
+                    log.info("follow.expansion_restarted", kind=edit.kind, rows=rows,
+                             scaffold_id=str(edit.scaffold_id),
+                             message="edited again while expanding: starting over")
+                    return rows or 1
+            self._heartbeat_if_due(conn)
+        with conn.begin():
+            queue.release_edit(conn, edit, worker=self.worker)
+        return rows
 
     def _report(self, result: BatchResult, claimed: int, left: int) -> None:
         counts = result.counts

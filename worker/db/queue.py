@@ -186,15 +186,22 @@ def stop_worker(conn: Connection, *, worker: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    depth: int
+    depth: int  # marked rows
     claimed: int
     oldest_marked_at: datetime | None
+    pending: int = 0  # new rows not enriched yet (their status is the mark)
+    edits: int = 0  # scaffolding edits still being expanded
 
 
 def queue_stats(conn: Connection) -> QueueStats:
     row = conn.execute(text("""
-        SELECT count(*), count(claimed_by), min(marked_at) FROM enrichment_queue""")).one()
-    return QueueStats(depth=int(row[0]), claimed=int(row[1]), oldest_marked_at=row[2])
+        SELECT (SELECT count(*) FROM enrichment_queue),
+               (SELECT count(claimed_by) FROM enrichment_queue),
+               (SELECT min(marked_at) FROM enrichment_queue),
+               (SELECT count(*) FROM conversations WHERE enrichment_status = 'pending'),
+               (SELECT count(*) FROM scaffolding_edits)""")).one()
+    return QueueStats(depth=int(row[0]), claimed=int(row[1]), oldest_marked_at=row[2],
+                      pending=int(row[3]), edits=int(row[4]))
 
 
 def list_workers(conn: Connection) -> list[dict[str, Any]]:
@@ -226,3 +233,120 @@ SELECT reenrich_mark(ARRAY(SELECT conversation_id FROM conversations
 def mark(conn: Connection, ids: Sequence[uuid.UUID], *, why: str) -> None:
     if ids:
         conn.execute(MARK_SQL, {"ids": sorted(ids), "why": why})
+
+
+# ------------------------------------------------------- new rows: pending
+
+# A new conversation is its own mark (migration 0009): status 'pending',
+# found through a partial index. Locked in the write transaction, skipping
+# rows another worker (or an editor) holds, so no row is enriched twice.
+LOCK_PENDING_SQL = text("""
+SELECT conversation_id FROM conversations
+WHERE enrichment_status = 'pending'
+ORDER BY conversation_id
+LIMIT :limit
+FOR NO KEY UPDATE SKIP LOCKED
+""")
+
+
+def lock_pending(conn: Connection, *, limit: int) -> list[uuid.UUID]:
+    return [row[0] for row in conn.execute(LOCK_PENDING_SQL, {"limit": limit})]
+
+
+# ------------------------------------------- scaffolding edits: expansions
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """One edited scaffolding row whose conversations are being re-enriched."""
+
+    kind: str
+    scaffold_id: uuid.UUID
+    edits: int
+    cursor: uuid.UUID | None
+
+
+CLAIM_EDIT_SQL = text("""
+WITH picked AS MATERIALIZED (
+    SELECT kind, scaffold_id FROM scaffolding_edits
+    WHERE claimed_by IS NULL
+       OR claimed_at < clock_timestamp() - make_interval(secs => :lease)
+    ORDER BY marked_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED)
+UPDATE scaffolding_edits AS e
+SET claimed_by = :worker, claimed_at = clock_timestamp()
+FROM picked
+WHERE (e.kind, e.scaffold_id) = (picked.kind, picked.scaffold_id)
+RETURNING e.kind, e.scaffold_id, e.edits, e.cursor
+""")
+
+# One page of the edited row's conversations, keyset over (fk, conversation_id).
+USERS_SQL = {
+    "persona": text("""
+        SELECT conversation_id FROM conversations
+        WHERE persona_id = :id AND (CAST(:after AS uuid) IS NULL OR conversation_id > :after)
+        ORDER BY persona_id, conversation_id LIMIT :limit"""),
+    "emotional_arc": text("""
+        SELECT conversation_id FROM conversations
+        WHERE emotional_arc_id = :id
+          AND (CAST(:after AS uuid) IS NULL OR conversation_id > :after)
+        ORDER BY emotional_arc_id, conversation_id LIMIT :limit"""),
+    "training_topic": text("""
+        SELECT conversation_id FROM conversations
+        WHERE training_topic_id = :id
+          AND (CAST(:after AS uuid) IS NULL OR conversation_id > :after)
+        ORDER BY training_topic_id, conversation_id LIMIT :limit"""),
+    "prompt_template": text("""
+        SELECT conversation_id FROM conversations
+        WHERE template_id = :id AND (CAST(:after AS uuid) IS NULL OR conversation_id > :after)
+        ORDER BY template_id, conversation_id LIMIT :limit"""),
+}
+
+# The cursor moves (and the claim is renewed) only while no new edit came in;
+# a new edit reset the cursor, and the expansion starts over.
+ADVANCE_EDIT_SQL = text("""
+UPDATE scaffolding_edits
+SET cursor = :cursor, claimed_at = clock_timestamp()
+WHERE kind = :kind AND scaffold_id = :id AND edits = :edits AND claimed_by = :worker
+""")
+
+FINISH_EDIT_SQL = text("""
+DELETE FROM scaffolding_edits
+WHERE kind = :kind AND scaffold_id = :id AND edits = :edits
+""")
+
+RELEASE_EDIT_SQL = text("""
+UPDATE scaffolding_edits SET claimed_by = NULL, claimed_at = NULL
+WHERE kind = :kind AND scaffold_id = :id AND claimed_by = :worker
+""")
+
+
+def claim_edit(conn: Connection, *, worker: str, lease_seconds: float) -> Edit | None:
+    row = conn.execute(CLAIM_EDIT_SQL, {"worker": worker, "lease": lease_seconds}).first()
+    return Edit(*row) if row else None
+
+
+def edit_users(conn: Connection, edit: Edit, *, after: uuid.UUID | None,
+               limit: int) -> list[uuid.UUID]:
+    rows = conn.execute(USERS_SQL[edit.kind], {"id": edit.scaffold_id, "after": after,
+                                               "limit": limit})
+    return [row[0] for row in rows]
+
+
+def advance_edit(conn: Connection, edit: Edit, *, worker: str, cursor: uuid.UUID) -> bool:
+    """False when a newer edit restarted the expansion."""
+    return conn.execute(ADVANCE_EDIT_SQL, {"kind": edit.kind, "id": edit.scaffold_id,
+                                           "edits": edit.edits, "worker": worker,
+                                           "cursor": cursor}).rowcount == 1
+
+
+def finish_edit(conn: Connection, edit: Edit) -> bool:
+    """Delete the edit once expanded; False when a newer edit keeps it."""
+    return conn.execute(FINISH_EDIT_SQL, {"kind": edit.kind, "id": edit.scaffold_id,
+                                          "edits": edit.edits}).rowcount == 1
+
+
+def release_edit(conn: Connection, edit: Edit, *, worker: str) -> None:
+    conn.execute(RELEASE_EDIT_SQL, {"kind": edit.kind, "id": edit.scaffold_id,
+                                    "worker": worker})
