@@ -22,6 +22,7 @@ from worker import logs
 from worker.config import ConfigError, Settings, load_enrichment_config, load_settings
 from worker.db import engine as db_engine
 from worker.db import migrate as db_migrate
+from worker.errors import ReenrichError
 
 log = structlog.get_logger("reenrich.cli")
 
@@ -513,6 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("demo", cmd_demo, "embedded PostgreSQL + sample data + backfill, end to end")
 
+    from worker.review_commands import register as register_review
+
+    register_review(sub, _write)
+
     return parser
 
 
@@ -532,6 +537,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, ConfigError, db_engine.DatabaseUnavailable) as exc:
         sys.stderr.write(f"reenrich: {exc}\n")
         return EXIT_ERROR
+    except ReenrichError as exc:
+        sys.stderr.write(f"reenrich: {exc}\n")
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
