@@ -296,6 +296,7 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
 
     from worker.db.dataset import DatasetFilters
     from worker.export import ExportError, ExportOptions, export_command
+    from worker.review_rules import ReviewRules
     from worker.sampling import SamplingSpec
 
     def path(value: str | None) -> Path | None:
@@ -314,7 +315,10 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
                               validation_fraction=args.split_validation),
         condition=args.condition, strip_metadata=args.strip_metadata, meta=args.meta,
         target_model=args.target_model, tokenizer=path(args.tokenizer),
-        max_tokens=args.max_tokens, drop_over_max=args.drop_over_max)
+        max_tokens=args.max_tokens, drop_over_max=args.drop_over_max,
+        review=ReviewRules(include_rejected=args.include_rejected,
+                           approved_only=args.approved_only,
+                           seed_examples_only=args.seed_examples_only))
     try:
         options.check()  # before connecting: a wrong flag needs no database
         return export_command(
@@ -496,6 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-over-max", action="store_true",
                    help="drop the rows over --max-tokens instead of only reporting them")
     p.add_argument("--card", metavar="PATH", help="write a dataset card (Markdown, YAML header)")
+    p.add_argument("--include-rejected", action="store_true",
+                   help="keep pairs a reviewer rejected (default: left out; chat cuts the "
+                        "conversation before its first rejected turn)")
+    p.add_argument("--approved-only", action="store_true",
+                   help="only approved pairs (chat: conversations whose assistant turns all are)")
+    p.add_argument("--seed-examples-only", action="store_true",
+                   help="only pairs marked as seed examples")
 
     p = add("validate", cmd_validate, "check the stored enriched documents against the "
             "contract, or an exported file (--file) against trainers' rules; exit 1 on "

@@ -51,6 +51,29 @@ CREATE UNIQUE INDEX reviews_current_idx
     ON reviews (conversation_id, turn_number) WHERE superseded_at IS NULL;
 CREATE INDEX reviews_history_idx ON reviews (conversation_id, turn_number, recorded_at);
 
+-- The hash a review binds to: UTF-8 user input, one 0x00 byte, UTF-8 response
+-- (worker/reviews.py's content_sha256; NUL cannot occur in a jsonb string).
+CREATE FUNCTION review_content_sha256(user_input text, response text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT encode(sha256(convert_to(COALESCE(user_input, ''), 'UTF8') || decode('00', 'hex')
+                         || convert_to(response, 'UTF8')), 'hex')
+$$;
+
+-- Whether a review of (turn, sha) no longer matches the enriched document:
+-- no assistant pair of that turn has that text (changed, or the turn is gone).
+CREATE FUNCTION review_is_stale(document jsonb, turn integer, sha text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT NOT EXISTS (
+        SELECT 1
+        FROM jsonb_array_elements(CASE WHEN jsonb_typeof(document -> 'training_pairs') = 'array'
+                                       THEN document -> 'training_pairs'
+                                       ELSE '[]'::jsonb END) AS p(pair)
+        WHERE p.pair ->> 'turn_number' = CAST(turn AS text)
+          AND jsonb_typeof(p.pair -> 'target_response') = 'string'
+          AND review_content_sha256(p.pair ->> 'current_user_input',
+                                    p.pair ->> 'target_response') = sha)
+$$;
+
 CREATE FUNCTION reenrich_mark_reviewed_conversations() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -77,6 +100,8 @@ DOWNGRADE = """
 DROP TRIGGER reenrich_mark_delete ON reviews;
 DROP TRIGGER reenrich_mark_insert ON reviews;
 DROP FUNCTION reenrich_mark_reviewed_conversations();
+DROP FUNCTION review_is_stale(jsonb, integer, text);
+DROP FUNCTION review_content_sha256(text, text);
 DROP TABLE reviews;
 """
 

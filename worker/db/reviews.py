@@ -1,9 +1,10 @@
 """SQL of human review: recording reviews, the pairs a sheet lists, listing, coverage.
 
 The text a review is checked against is the pair as it stands in the stored
-enriched document. `PAIR_SHA256` is `worker.reviews.content_sha256` written
-in SQL (UTF-8 user input, a 0x00 byte, UTF-8 response; a test keeps the two
-equal), so staleness is decided by the server for any number of reviews.
+enriched document. The SQL functions `review_content_sha256` and
+`review_is_stale` (migration 0006) are `worker.reviews.content_sha256` on
+the server (a test keeps the two equal), so staleness is decided there for
+any number of reviews.
 A pair is reviewable when it is an assistant pair (a string target_response)
 with a whole turn number.
 """
@@ -22,42 +23,21 @@ from worker.reviews import ReviewInput
 
 STREAM_BATCH = 500
 
-PAIR_SHA256 = """encode(sha256(
-    convert_to(COALESCE(p.pair ->> 'current_user_input', ''), 'UTF8') || decode('00', 'hex')
-    || convert_to(p.pair ->> 'target_response', 'UTF8')), 'hex')"""
-
-# The reviewable pairs of the enriched documents, `n` their position.
-_PAIRS = """
+PAIR_HASHES_SQL = text("""
+SELECT DISTINCT ON (c.conversation_id, CAST(p.pair ->> 'turn_number' AS integer))
+       c.conversation_id,
+       CAST(p.pair ->> 'turn_number' AS integer) AS turn_number,
+       review_content_sha256(p.pair ->> 'current_user_input', p.pair ->> 'target_response')
+           AS content_sha256
 FROM conversations c
 CROSS JOIN LATERAL jsonb_array_elements(
     CASE WHEN jsonb_typeof(c.enriched_json -> 'training_pairs') = 'array'
          THEN c.enriched_json -> 'training_pairs' ELSE '[]'::jsonb END)
     WITH ORDINALITY AS p(pair, n)
-"""
-_REVIEWABLE = """
-c.enriched_json IS NOT NULL
-AND jsonb_typeof(p.pair -> 'target_response') = 'string'
-AND p.pair ->> 'turn_number' ~ '^[0-9]{1,9}$'
-"""
-
-# Whether review `r` no longer matches its pair's text (or the pair is gone).
-_STALE = """NOT EXISTS (
-    SELECT 1 FROM jsonb_array_elements(
-        CASE WHEN jsonb_typeof(c.enriched_json -> 'training_pairs') = 'array'
-             THEN c.enriched_json -> 'training_pairs' ELSE '[]'::jsonb END) AS p(pair)
-    WHERE p.pair ->> 'turn_number' = CAST(r.turn_number AS text)
-      AND jsonb_typeof(p.pair -> 'target_response') = 'string'
-      AND """ + PAIR_SHA256 + """ = r.content_sha256)"""
-
-
-# ------------------------------------------------------------------ record
-
-PAIR_HASHES_SQL = text("""
-SELECT DISTINCT ON (c.conversation_id, CAST(p.pair ->> 'turn_number' AS integer))
-       c.conversation_id, CAST(p.pair ->> 'turn_number' AS integer) AS turn_number,
-       """ + PAIR_SHA256 + """ AS content_sha256
-""" + _PAIRS + """
-WHERE c.conversation_id = ANY(CAST(:ids AS uuid[])) AND """ + _REVIEWABLE + """
+WHERE c.conversation_id = ANY(CAST(:ids AS uuid[]))
+  AND c.enriched_json IS NOT NULL
+  AND jsonb_typeof(p.pair -> 'target_response') = 'string'
+  AND p.pair ->> 'turn_number' ~ '^[0-9]{1,9}$'
 ORDER BY c.conversation_id, CAST(p.pair ->> 'turn_number' AS integer), p.n
 """)
 
@@ -128,14 +108,15 @@ def record(conn: Connection, reviews: Sequence[ReviewInput], source: str) -> int
 # ------------------------------------------------------------------ list
 
 LIST_SQL = text("""
-SELECT r.id, r.conversation_id, r.turn_number, r.status, r.reviewer, r.notes,
+SELECT r.conversation_id, r.turn_number, r.status, r.reviewer, r.notes,
        r.use_as_seed_example, r.generate_variations_count, r.reviewed_at, r.content_sha256,
-       r.source, r.recorded_at, r.superseded_at, s.stale
+       r.source, r.recorded_at, r.superseded_at,
+       review_is_stale(c.enriched_json, r.turn_number, r.content_sha256) AS stale
 FROM reviews r
 JOIN conversations c ON c.conversation_id = r.conversation_id
-CROSS JOIN LATERAL (SELECT """ + _STALE + """ AS stale) s
 WHERE (CAST(:history AS boolean) OR r.superseded_at IS NULL)
-  AND (NOT CAST(:stale_only AS boolean) OR s.stale)
+  AND (NOT CAST(:stale_only AS boolean)
+       OR review_is_stale(c.enriched_json, r.turn_number, r.content_sha256))
   AND (CAST(:status AS text) IS NULL OR r.status = :status)
   AND (CAST(:reviewer AS text) IS NULL OR r.reviewer = :reviewer)
 ORDER BY r.conversation_id, r.turn_number, r.recorded_at, r.id
@@ -163,8 +144,7 @@ def list_reviews(conn: Connection, *, stale_only: bool = False, status: str | No
                  reviewer: str | None = None, history: bool = False) -> list[StoredReview]:
     rows = conn.execute(LIST_SQL, {"stale_only": stale_only, "status": status,
                                    "reviewer": reviewer, "history": history})
-    return [StoredReview(**{k: v for k, v in row._mapping.items() if k != "id"})
-            for row in rows]
+    return [StoredReview(**row._mapping) for row in rows]
 
 
 # ------------------------------------------------------------------ sheet
@@ -173,37 +153,51 @@ def list_reviews(conn: Connection, *, stale_only: bool = False, status: str | No
 # many of its reviewable pairs each selection would list.
 SHEET_CANDIDATES_SQL = text("""
 SELECT c.conversation_id,
-       c.enriched_json #>> '{input_parameters,persona_key}'        AS persona_key,
-       c.enriched_json #>> '{input_parameters,emotional_arc_key}'  AS arc_key,
-       c.enriched_json #>> '{input_parameters,training_topic_key}' AS topic_key,
-       count(*) FILTER (WHERE r.id IS NULL)                           AS unreviewed,
-       count(*) FILTER (WHERE r.id IS NOT NULL
-                        AND """ + PAIR_SHA256 + """ <> r.content_sha256) AS stale,
-       count(*)                                                       AS all_pairs
-""" + _PAIRS + """
+       min(c.enriched_json #>> '{input_parameters,persona_key}')        AS persona_key,
+       min(c.enriched_json #>> '{input_parameters,emotional_arc_key}')  AS arc_key,
+       min(c.enriched_json #>> '{input_parameters,training_topic_key}') AS topic_key,
+       count(*) FILTER (WHERE r.id IS NULL) AS unreviewed,
+       count(*) FILTER (WHERE r.id IS NOT NULL AND r.content_sha256 <> review_content_sha256(
+                            p.pair ->> 'current_user_input', p.pair ->> 'target_response'))
+           AS stale,
+       count(*) AS all_pairs
+FROM conversations c
+CROSS JOIN LATERAL jsonb_array_elements(
+    CASE WHEN jsonb_typeof(c.enriched_json -> 'training_pairs') = 'array'
+         THEN c.enriched_json -> 'training_pairs' ELSE '[]'::jsonb END) AS p(pair)
 LEFT JOIN reviews r ON r.conversation_id = c.conversation_id AND r.superseded_at IS NULL
                    AND CAST(r.turn_number AS text) = p.pair ->> 'turn_number'
-WHERE """ + _REVIEWABLE + """
+WHERE c.enriched_json IS NOT NULL
+  AND jsonb_typeof(p.pair -> 'target_response') = 'string'
+  AND p.pair ->> 'turn_number' ~ '^[0-9]{1,9}$'
 GROUP BY c.conversation_id
 ORDER BY c.conversation_id
 """)
 
 SHEET_ROWS_SQL = text("""
-SELECT * FROM (
+SELECT s.*
+FROM (
     SELECT c.conversation_id, c.created_at, p.n,
-           CAST(p.pair ->> 'turn_number' AS integer)                 AS turn_number,
-           p.pair #>> '{conversation_metadata,persona_archetype}'   AS persona_archetype,
-           p.pair #>> '{conversation_metadata,emotional_arc_key}'   AS emotional_arc_key,
-           p.pair #>> '{conversation_metadata,training_topic_key}'  AS training_topic_key,
-           c.enriched_json #>> '{dataset_metadata,quality_tier}'    AS quality_tier,
-           COALESCE(p.pair ->> 'current_user_input', '')            AS current_user_input,
-           p.pair ->> 'target_response'                             AS target_response,
-           """ + PAIR_SHA256 + """                                  AS content_sha256,
-           r.content_sha256                                         AS review_sha256
-    """ + _PAIRS + """
+           CAST(p.pair ->> 'turn_number' AS integer)                AS turn_number,
+           p.pair #>> '{conversation_metadata,persona_archetype}'  AS persona_archetype,
+           p.pair #>> '{conversation_metadata,emotional_arc_key}'  AS emotional_arc_key,
+           p.pair #>> '{conversation_metadata,training_topic_key}' AS training_topic_key,
+           c.enriched_json #>> '{dataset_metadata,quality_tier}'   AS quality_tier,
+           COALESCE(p.pair ->> 'current_user_input', '')           AS current_user_input,
+           p.pair ->> 'target_response'                            AS target_response,
+           review_content_sha256(p.pair ->> 'current_user_input',
+                                 p.pair ->> 'target_response')     AS content_sha256,
+           r.content_sha256                                        AS review_sha256
+    FROM conversations c
+    CROSS JOIN LATERAL jsonb_array_elements(
+        CASE WHEN jsonb_typeof(c.enriched_json -> 'training_pairs') = 'array'
+             THEN c.enriched_json -> 'training_pairs' ELSE '[]'::jsonb END)
+        WITH ORDINALITY AS p(pair, n)
     LEFT JOIN reviews r ON r.conversation_id = c.conversation_id AND r.superseded_at IS NULL
                        AND CAST(r.turn_number AS text) = p.pair ->> 'turn_number'
-    WHERE """ + _REVIEWABLE + """
+    WHERE c.enriched_json IS NOT NULL
+      AND jsonb_typeof(p.pair -> 'target_response') = 'string'
+      AND p.pair ->> 'turn_number' ~ '^[0-9]{1,9}$'
       AND (CAST(:ids AS uuid[]) IS NULL OR c.conversation_id = ANY(CAST(:ids AS uuid[])))
 ) s
 WHERE CASE CAST(:selection AS text)
@@ -246,17 +240,18 @@ def sheet_rows(conn: Connection, selection: str, ids: Sequence[uuid.UUID] | None
 # `g` is GROUPING() with bit 2 persona, bit 1 arc, bit 0 topic set when rolled up.
 COVERAGE_SQL = text("""
 SELECT d.persona, d.arc, d.topic, GROUPING(d.persona, d.arc, d.topic) AS g,
-       count(*) FILTER (WHERE NOT d.stale)                               AS reviewed,
+       count(*) FILTER (WHERE NOT d.stale)                                 AS reviewed,
        count(*) FILTER (WHERE NOT d.stale AND d.status = 'approved')       AS approved,
        count(*) FILTER (WHERE NOT d.stale AND d.status = 'rejected')       AS rejected,
        count(*) FILTER (WHERE NOT d.stale AND d.status = 'needs_revision') AS needs_revision,
-       count(*) FILTER (WHERE NOT d.stale AND d.use_as_seed_example)      AS seed_examples,
+       count(*) FILTER (WHERE NOT d.stale AND d.use_as_seed_example)       AS seed_examples,
        count(*) FILTER (WHERE d.stale)                                     AS stale
 FROM (
     SELECT c.enriched_json #>> '{input_parameters,persona_key}'        AS persona,
            c.enriched_json #>> '{input_parameters,emotional_arc_key}'  AS arc,
            c.enriched_json #>> '{input_parameters,training_topic_key}' AS topic,
-           r.status, r.use_as_seed_example, """ + _STALE + """ AS stale
+           r.status, r.use_as_seed_example,
+           review_is_stale(c.enriched_json, r.turn_number, r.content_sha256) AS stale
     FROM reviews r
     JOIN conversations c ON c.conversation_id = r.conversation_id
     WHERE r.superseded_at IS NULL
