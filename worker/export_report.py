@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.review_rules import REVIEW_ORDER
+
 NONE_KEY = "(none)"  # how a null scaffolding key is shown in counts
 SHORTFALL_LISTED = 8  # strata named in the printed short report
 
@@ -170,7 +172,8 @@ class ExportReport:
             "rows_dropped_over_max_tokens": self.rows_dropped_over_max_tokens,
             "enrichment_versions": dict(sorted(self.enrichment_versions.items())),
             "review": {"rules": self.review_rules,
-                       "pairs_removed": dict(sorted(self.review_pairs_removed.items()))},
+                       "pairs_removed": {k: self.review_pairs_removed[k] for k in REVIEW_ORDER
+                                         if self.review_pairs_removed[k]}},
         }
 
 

@@ -28,6 +28,7 @@ REJECTED = "rejected"
 NOT_APPROVED = "not_approved"
 NOT_SEED_EXAMPLE = "not_seed_example"
 AFTER_REJECTED = "after_rejected"  # chat: assistant turns cut off after a rejected one
+REVIEW_ORDER = (REJECTED, AFTER_REJECTED, NOT_APPROVED, NOT_SEED_EXAMPLE)  # report order
 # Why a whole conversation is not written (the report's `removed`).
 CONVERSATION_REMOVED = "review"
 
