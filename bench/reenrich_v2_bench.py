@@ -11,7 +11,9 @@ from `worker.synthetic`), in a fresh database of its own on that server:
        every row enriched at version 1, as a deployment has it today;
   up   this tree migrates (0006: reviews) and runs `reenrich backfill`: every
        version-1 row is re-enriched to version 2 (timed);
-  noop a second backfill: nothing changed (timed, for comparison);
+  noop a second backfill: nothing changed (timed, for comparison; `v1noop`
+       is the version-1 worker's no-op before the upgrade: the page query
+       without the reviews it now reads);
 
 and prints rows, the backfills' own durations (backfill_runs, start to
 finish) and wall times (subprocess, start-up included), rows/s, and the
@@ -102,6 +104,8 @@ def measure(name: str, bundle: Path, server: str, v1: Path) -> dict[str, Any]:
     run(v1, url, "import", str(bundle))
     wall = run(v1, url, "backfill")
     out["v1"] = {**last_run(url), "wall": wall}
+    wall = run(v1, url, "backfill")  # the version-1 no-op: the page query without reviews
+    out["v1noop"] = {**last_run(url), "wall": wall}
     run(ROOT, url, "migrate")
     wall = run(ROOT, url, "backfill")
     out["up"] = {**last_run(url), "wall": wall}
@@ -136,14 +140,16 @@ def main() -> int:
     print(f"{'data':<16}{'phase':<6}{'rows':>7}{'updated':>9}{'seconds':>9}{'wall':>8}"
           f"{'rows/s':>9}  versions after")
     for result in results:
-        for phase in ("v1", "up", "noop"):
+        for phase in ("v1", "v1noop", "up", "noop"):
             p = result[phase]
             rate = p["processed"] / p["seconds"] if p["seconds"] else 0.0
             print(f"{result['data']:<16}{phase:<6}{p['processed']:>7}{p['updated']:>9}"
                   f"{p['seconds']:>9.2f}{p['wall']:>8.2f}{rate:>9.0f}  "
                   f"{p['rows_per_version']}")
         ratio = result["up"]["seconds"] / result["v1"]["seconds"]
-        print(f"{result['data']:<16}upgrade / version-1 backfill: {ratio:.2f}")
+        noop = result["noop"]["seconds"] / result["v1noop"]["seconds"]
+        print(f"{result['data']:<16}upgrade / version-1 backfill: {ratio:.2f}; "
+              f"no-op v2 / no-op v1: {noop:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
     return 0
