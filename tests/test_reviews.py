@@ -96,6 +96,11 @@ def test_csv_round_trip_keeps_hostile_notes_exactly(engine: Engine, db_url: str,
     assert got["use_as_seed_example"] is True and got["generate_variations_count"] == 2
     assert listed[(rows[1]["conversation_id"], int(rows[1]["turn_number"]))]["status"] \
         == "needs_revision"
+    # The next "unreviewed" sheet leaves the two reviewed pairs out.
+    again = tmp_path / "again.csv"
+    sheet(db_url, again)
+    left = {(r["conversation_id"], r["turn_number"]) for r in read_csv(again)}
+    assert left == {(r["conversation_id"], r["turn_number"]) for r in rows[2:]}
     # The import re-enriched the reviewed conversation: the pair carries the review.
     tm = pair_of(engine, cid, int(first["turn_number"]))["training_metadata"]
     assert tm["human_reviewed"] is True and tm["review_status"] == "approved"
@@ -367,3 +372,18 @@ def test_concurrent_recorders_of_one_pair_both_land(engine: Engine, tmp_path: Pa
     with engine.connect() as conn:
         items = db_reviews.list_reviews(conn, history=True)
     assert [(r.reviewer, r.superseded_at is None) for r in items] == [("A", False), ("B", True)]
+
+
+def test_a_pair_named_twice_in_one_sheet_keeps_the_later_row(
+        engine: Engine, db_url: str, tmp_path: Path, config: EnrichmentConfig) -> None:
+    enriched(engine, tmp_path, config, count=2)
+    path = tmp_path / "sheet.jsonl"
+    sheet(db_url, path)
+    first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+    rows = [{**first, "status": "rejected", "reviewer": "Ana"},
+            {**first, "status": "approved", "reviewer": "Bo"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = run_cli(db_url, "review", "import", str(path))
+    assert result.returncode == 0, result.stderr
+    assert [(r["status"], r["current"]) for r in review_list(db_url, "--history")] == [
+        ("rejected", False), ("approved", True)]
