@@ -28,11 +28,14 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker import synthetic  # noqa: E402
-from worker.db import migrate  # noqa: E402
-from worker.db.engine import libpq_url, normalize_url  # noqa: E402
-from worker.importer import import_path  # noqa: E402
-from worker.db.engine import make_engine  # noqa: E402
+from worker import synthetic
+from worker.db import migrate
+from worker.db.engine import (
+    libpq_url,
+    make_engine,
+    normalize_url,
+)
+from worker.importer import import_path
 
 RESET = """UPDATE conversations SET enriched_json = NULL, enriched_hash = NULL,
            enrichment_input_hash = NULL, enrichment_status = 'pending'"""
@@ -40,7 +43,8 @@ RESET = """UPDATE conversations SET enriched_json = NULL, enriched_hash = NULL,
 
 def _env(url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REENRICH_")}
-    env.update({"DATABASE_URL": url, "REENRICH_LOG_FORMAT": "json", "REENRICH_LOG_LEVEL": "WARNING"})
+    env.update({"DATABASE_URL": url, "REENRICH_LOG_FORMAT": "json",
+                "REENRICH_LOG_LEVEL": "WARNING"})
     return env
 
 

@@ -34,9 +34,9 @@ from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker import synthetic  # noqa: E402
-from worker.db import migrate  # noqa: E402
-from worker.db.engine import libpq_url, normalize_url  # noqa: E402
+from worker import synthetic
+from worker.db import migrate
+from worker.db.engine import libpq_url, normalize_url
 
 
 def _db_url(server: str, name: str) -> str:

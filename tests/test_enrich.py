@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -19,10 +20,12 @@ from worker.models import (
     ConversationInputs,
     EmotionalArc,
     EnrichedDocument,
+    PairReview,
     Persona,
     PromptTemplate,
     TrainingTopic,
 )
+from worker.reviews import content_sha256
 
 CID = uuid.UUID("3d4a31a7-9220-487a-9a27-50615968c3da")
 CREATED = datetime(2025, 11, 30, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
@@ -199,10 +202,28 @@ def test_one_pair_per_turn_in_order_with_keys_in_order(config: EnrichmentConfig)
 
 def test_pair_ids_are_unique_across_conversations(config: EnrichmentConfig) -> None:
     p = pair(config, 2)
-    assert p["id"] == "educational_turn3_3d4a31a7"
+    assert p["id"] == "educational_turn3_3d4a31a7-9220-487a-9a27-50615968c3da"
     assert p["conversation_id"] == str(CID)
     other = pair(config, 2, conversation_id=uuid.UUID("9e2b0c1d-0000-4000-8000-000000000000"))
-    assert other["id"] == "educational_turn3_9e2b0c1d"
+    assert other["id"] == "educational_turn3_9e2b0c1d-0000-4000-8000-000000000000"
+
+
+def uuid7(unix_ms: int, rand: int) -> uuid.UUID:
+    """A UUIDv7 (RFC 9562): 48-bit millisecond timestamp, version 7, variant, random bits."""
+    value = (unix_ms << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 \
+        | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return uuid.UUID(int=value)
+
+
+def test_uuid7_ids_of_one_minute_give_unique_pair_ids(config: EnrichmentConfig) -> None:
+    """Version 1's 8 hex characters are the timestamp's top bits for UUIDv7: they collided."""
+    start = 1_764_500_000_000 // 65536 * 65536  # 2025-11-30; 50 s of generations
+    ids = [uuid7(start + i * 997, i * 0x9E3779B97F4A7C15 % (1 << 74)) for i in range(50)]
+    assert {i.version for i in ids} == {7}
+    assert len({i.hex[:8] for i in ids}) == 1  # what version 1 built its pair ids from
+    pair_ids = [p["id"] for cid in ids for p in doc(config, conversation_id=cid)["training_pairs"]]
+    assert len(pair_ids) == 50 * 8
+    assert len(set(pair_ids)) == len(pair_ids)
 
 
 def test_pair_conversation_metadata(config: EnrichmentConfig) -> None:
@@ -315,7 +336,7 @@ def test_training_metadata(config: EnrichmentConfig) -> None:
         "quality_criteria": {"empathy_score": 4.0, "clarity_score": 4.0,
                              "appropriateness_score": 4.0, "brand_voice_alignment": 4.0},
         "human_reviewed": False, "reviewer_notes": None, "use_as_seed_example": False,
-        "generate_variations_count": 0,
+        "generate_variations_count": 0, "review_status": None,
     }
 
 
@@ -334,7 +355,7 @@ def test_learning_objective_falls_back_to_topic_name_and_skills_to_default(
 
 def test_template_without_category_uses_fp_conversation_prefix(config: EnrichmentConfig) -> None:
     p = pair(config, template=PromptTemplate(name="T", category=None))
-    assert p["id"] == "fp_conversation_turn1_3d4a31a7"
+    assert p["id"] == f"fp_conversation_turn1_{CID}"
 
 
 # ------------------------------------------------------ text and determinism
@@ -501,3 +522,70 @@ def test_control_characters_in_configured_profile_are_removed(config: Enrichment
     clean_again = enrich(inputs(), config)  # the shipped profile is used as is
     assert clean_again.document["consultant_profile"] is config.consultant_profile
     assert not clean_again.report.warnings
+
+
+# ------------------------------------------------------------------ reviews
+
+
+def _review(config: EnrichmentConfig, index: int, **changes: Any) -> PairReview:
+    p = pair(config, index)
+    base: dict[str, Any] = dict(
+        turn_number=p["turn_number"], status="approved", notes="Good, \"warm\"\nnaïve ✓",
+        use_as_seed_example=True, generate_variations_count=3,
+        content_sha256=content_sha256(p["current_user_input"], p["target_response"]))
+    base.update(changes)
+    return PairReview(**base)
+
+
+def test_current_review_fills_the_review_fields(config: EnrichmentConfig) -> None:
+    review = _review(config, 1)
+    pairs = doc(config, reviews=(review,))["training_pairs"]
+    tm = pairs[1]["training_metadata"]
+    assert list(tm)[-5:] == ["human_reviewed", "reviewer_notes", "use_as_seed_example",
+                             "generate_variations_count", "review_status"]
+    assert tm["human_reviewed"] is True
+    assert tm["reviewer_notes"] == "Good, \"warm\"\nnaïve ✓"
+    assert tm["use_as_seed_example"] is True
+    assert tm["generate_variations_count"] == 3
+    assert tm["review_status"] == "approved"
+    # every other pair carries no review
+    for other in pairs[:1] + pairs[2:]:
+        assert other["training_metadata"]["human_reviewed"] is False
+        assert other["training_metadata"]["review_status"] is None
+
+
+def test_review_of_another_text_is_stale_and_counts_as_none(config: EnrichmentConfig) -> None:
+    review = _review(config, 1)
+    parsed = legacy_parsed()
+    parsed["turns"][1]["content"] += " (regenerated)"
+    tm = doc(config, parsed, reviews=(review,))["training_pairs"][1]["training_metadata"]
+    assert tm["human_reviewed"] is False
+    assert tm["reviewer_notes"] is None and tm["review_status"] is None
+    assert tm["use_as_seed_example"] is False and tm["generate_variations_count"] == 0
+    # the user turn it answers is part of what was read, too
+    parsed = legacy_parsed()
+    parsed["turns"][0]["content"] += " (regenerated)"
+    tm = doc(config, parsed, reviews=(review,))["training_pairs"][1]["training_metadata"]
+    assert tm["human_reviewed"] is False
+
+
+def test_review_of_a_user_turn_is_never_applied(config: EnrichmentConfig) -> None:
+    review = PairReview(turn_number=1, status="rejected", notes=None, use_as_seed_example=False,
+                        generate_variations_count=0,
+                        content_sha256=content_sha256(pair(config, 0)["current_user_input"], ""))
+    tm = doc(config, reviews=(review,))["training_pairs"][0]["training_metadata"]
+    assert tm["human_reviewed"] is False
+
+
+def test_review_notes_lose_control_characters_with_a_warning(config: EnrichmentConfig) -> None:
+    review = _review(config, 1, notes="bell\x07 here\ttab")
+    result = enrich(inputs(reviews=(review,)), config)
+    assert result.document["training_pairs"][1]["training_metadata"]["reviewer_notes"] \
+        == "bell here\ttab"
+    assert [w.code for w in result.report.warnings] == ["control_characters_removed"]
+
+
+def test_content_sha256_byte_layout() -> None:
+    expected = hashlib.sha256("Frage: naïve?".encode() + b"\x00" + "Antwort ✓".encode())
+    assert content_sha256("Frage: naïve?", "Antwort ✓") == expected.hexdigest()
+    assert content_sha256("ab", "c") != content_sha256("a", "bc")

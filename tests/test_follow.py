@@ -245,3 +245,37 @@ def test_missed_notifications_are_caught_by_the_poll(
     wait_until(lambda: _enriched(raw, ids), 30, "the poll to find the rows")
     wait_until(lambda: follow.saw("follow.poll_found_work"), 10, "the poll to be logged")
     assert follow.stop() == 0
+
+
+def test_follow_picks_up_a_recorded_review(follows: Any, db_url: str, engine: Engine,
+                                           raw: psycopg.Connection[Any], tmp_path: Path
+                                           ) -> None:
+    seed(engine, tmp_path, count=3)
+    enrich_conversations(engine, [r[0] for r in raw.execute(
+        "SELECT conversation_id FROM conversations").fetchall()])
+    cid, pair = raw.execute("""
+        SELECT c.conversation_id, p.pair FROM conversations c,
+               jsonb_array_elements(c.enriched_json -> 'training_pairs') p(pair)
+        WHERE jsonb_typeof(p.pair -> 'target_response') = 'string'
+        ORDER BY 1 LIMIT 1""").fetchone() or (None, None)
+    assert cid is not None
+    raw.execute("DELETE FROM enrichment_queue")
+    follow = follows("--poll-interval", NO_POLL)
+    follow.wait_started()
+    # A reviewer's tool writes the review with plain SQL: the trigger marks the conversation.
+    raw.execute("""INSERT INTO reviews (conversation_id, turn_number, status, reviewer,
+                                        content_sha256)
+                   VALUES (%s, %s, 'approved', 'Ana',
+                           review_content_sha256(%s, %s))""",
+                (cid, pair["turn_number"], pair["current_user_input"], pair["target_response"]))
+
+    def reviewed() -> bool:
+        row = raw.execute("""
+            SELECT p.pair #>> '{training_metadata,review_status}'
+            FROM conversations c, jsonb_array_elements(c.enriched_json -> 'training_pairs') p(pair)
+            WHERE c.conversation_id = %s AND p.pair -> 'turn_number' = %s::jsonb""",
+                          (cid, json.dumps(pair["turn_number"]))).fetchone()
+        return row is not None and row[0] == "approved"
+
+    wait_until(reviewed, 60, "follow to re-enrich the reviewed conversation")
+    assert follow.stop() == 0

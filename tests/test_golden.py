@@ -72,8 +72,9 @@ def _expected() -> dict[str, Any]:
     cid = UPSTREAM["dataset_metadata"]["dataset_name"].removeprefix("fp_conversation_")
     doc["input_parameters"]["persona_archetype"] = "The Pragmatic Optimist"
     for pair in doc["training_pairs"]:
-        # ids were the template category alone and collided across conversations
-        pair["id"] = f"educational_turn{pair['turn_number']}_{cid[:8]}"
+        # ids were the template category alone and collided across conversations;
+        # contract version 2 carries the whole conversation uuid
+        pair["id"] = f"educational_turn{pair['turn_number']}_{cid}"
         pair["conversation_id"] = cid
         tm = pair["training_metadata"]
         # skills came from the template's persona keys; now the arc's techniques
@@ -82,6 +83,8 @@ def _expected() -> dict[str, Any]:
         tm["quality_criteria"] = dict.fromkeys(tm["quality_criteria"], 3.0)
         # the objective named another topic; now the topic's own key
         tm["key_learning_objective"] = doc["input_parameters"]["training_topic_key"]
+        # version 2 adds review_status as the last key (no review here: null)
+        tm["review_status"] = None
     return doc
 
 
@@ -103,9 +106,20 @@ def test_upstream_differences_are_exactly_the_documented_ones() -> None:
     changed = set()
     for old, new in zip(UPSTREAM["training_pairs"], expected["training_pairs"], strict=True):
         changed |= {k for k in old if old[k] != new[k]}
-        changed |= {f"training_metadata.{k}" for k in old["training_metadata"]
-                    if old["training_metadata"][k] != new["training_metadata"][k]}
+        old_tm, new_tm = old["training_metadata"], new["training_metadata"]
+        changed |= {f"training_metadata.{k}" for k in old_tm.keys() | new_tm.keys()
+                    if old_tm.get(k, "<absent>") != new_tm.get(k, "<absent>")}
+        assert list(new_tm)[:-1] == list(old_tm)  # review_status appended, order kept
+        # the old review fields were constants, and no review is recorded here
+        assert (old_tm["human_reviewed"], old_tm["reviewer_notes"], old_tm["use_as_seed_example"],
+                old_tm["generate_variations_count"]) == (False, None, False, 0)
     assert changed == {"id", "conversation_id", "training_metadata",
                        "training_metadata.demonstrates_skills",
                        "training_metadata.quality_criteria",
-                       "training_metadata.key_learning_objective"}
+                       "training_metadata.key_learning_objective",
+                       "training_metadata.review_status"}
+    cid = UPSTREAM["dataset_metadata"]["dataset_name"].removeprefix("fp_conversation_")
+    assert [p["id"] for p in expected["training_pairs"]] == [
+        f"educational_turn{n}_{cid}" for n in range(1, len(expected["training_pairs"]) + 1)]
+    assert all(p["training_metadata"]["review_status"] is None
+               for p in expected["training_pairs"])

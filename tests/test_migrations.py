@@ -13,7 +13,8 @@ from worker.db import migrate
 from worker.db.engine import libpq_url
 
 TABLES = {"personas", "emotional_arcs", "training_topics", "prompt_templates", "conversations",
-          "generation_logs", "backfill_runs", "backfill_slices", "enrichment_failures"}
+          "generation_logs", "backfill_runs", "backfill_slices", "enrichment_failures",
+          "enrichment_queue", "follow_workers", "reviews"}
 
 
 def _tables(url: str) -> set[str]:

@@ -18,6 +18,7 @@ from tests.dataset_helpers import enriched, params_key, stored
 from tests.helpers import import_records
 from worker import synthetic
 from worker.config import EnrichmentConfig
+from worker.enrich import ENRICHMENT_VERSION
 from worker.stats import collect
 from worker.stats_html import charts, render
 
@@ -51,7 +52,7 @@ def test_composition_matches_the_documents(engine: Engine, tmp_path: Path,
     assert stats["quality_tiers"] == dict(tiers)
     assert list(stats["quality_tiers"]) == [t for t in ("seed_dataset", "production",
                                                         "experimental", "rejected") if t in tiers]
-    assert stats["enrichment_versions"] == {"1": 30}
+    assert stats["enrichment_versions"] == {str(ENRICHMENT_VERSION): 30}
 
     keys = {cid: (params_key(d, "persona_key"), params_key(d, "emotional_arc_key"),
                   params_key(d, "training_topic_key")) for cid, d in documents.items()}

@@ -22,6 +22,7 @@ from worker import logs
 from worker.config import ConfigError, Settings, load_enrichment_config, load_settings
 from worker.db import engine as db_engine
 from worker.db import migrate as db_migrate
+from worker.errors import ReenrichError
 
 log = structlog.get_logger("reenrich.cli")
 
@@ -305,6 +306,7 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
 
     from worker.db.dataset import DatasetFilters
     from worker.export import ExportError, ExportOptions, export_command
+    from worker.review_rules import ReviewRules
     from worker.sampling import SamplingSpec
 
     def path(value: str | None) -> Path | None:
@@ -323,7 +325,10 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
                               validation_fraction=args.split_validation),
         condition=args.condition, strip_metadata=args.strip_metadata, meta=args.meta,
         target_model=args.target_model, tokenizer=path(args.tokenizer),
-        max_tokens=args.max_tokens, drop_over_max=args.drop_over_max)
+        max_tokens=args.max_tokens, drop_over_max=args.drop_over_max,
+        review=ReviewRules(include_rejected=args.include_rejected,
+                           approved_only=args.approved_only,
+                           seed_examples_only=args.seed_examples_only))
     try:
         options.check()  # before connecting: a wrong flag needs no database
         return export_command(
@@ -505,6 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-over-max", action="store_true",
                    help="drop the rows over --max-tokens instead of only reporting them")
     p.add_argument("--card", metavar="PATH", help="write a dataset card (Markdown, YAML header)")
+    p.add_argument("--include-rejected", action="store_true",
+                   help="keep pairs a reviewer rejected (default: left out; chat cuts the "
+                        "conversation before its first rejected turn)")
+    p.add_argument("--approved-only", action="store_true",
+                   help="only approved pairs (chat: conversations whose assistant turns all are)")
+    p.add_argument("--seed-examples-only", action="store_true",
+                   help="only pairs marked as seed examples")
 
     p = add("validate", cmd_validate, "check the stored enriched documents against the "
             "contract, or an exported file (--file) against trainers' rules; exit 1 on "
@@ -522,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="PATH", help="also write a self-contained HTML page")
 
     add("demo", cmd_demo, "embedded PostgreSQL + sample data + backfill, end to end")
+
+    from worker.review_commands import register as register_review
+
+    register_review(sub, _write)
 
     return parser
 
@@ -542,6 +558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, ConfigError, db_engine.DatabaseUnavailable) as exc:
         sys.stderr.write(f"reenrich: {exc}\n")
         return EXIT_ERROR
+    except ReenrichError as exc:
+        sys.stderr.write(f"reenrich: {exc}\n")
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

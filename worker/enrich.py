@@ -15,12 +15,14 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from worker.config import EnrichmentConfig
-from worker.models import ConversationInputs, Persona
+from worker.models import ConversationInputs, PairReview, Persona
+from worker.reviews import content_sha256
 from worker.validation import CONTROL_CHARACTERS_REMOVED, Issue, Report, is_blank, validate_parsed
 
 # Bumped whenever a change here changes documents, so operators can see which
-# rows were built by which logic (`reenrich stats`).
-ENRICHMENT_VERSION = 1
+# rows were built by which logic (`reenrich stats`). Version 2: whole
+# conversation uuid in pair ids, review fields from the pair's current review.
+ENRICHMENT_VERSION = 2
 
 DOCUMENT_VERSION = "1.0.0"
 DEFAULT_EXPECTED_OUTCOME = "Provide emotionally intelligent support"
@@ -238,6 +240,27 @@ def _clean_turns(turns: list[dict[str, Any]], clean: _Cleaner) -> list[dict[str,
     return out
 
 
+def _current_review(reviews: dict[Any, PairReview], number: Any, user_input: str,
+                    response: str) -> PairReview | None:
+    """The turn's review if it was made of this very text; a stale one counts as none."""
+    review = reviews.get(number)
+    if review is None or review.content_sha256 != content_sha256(user_input, response):
+        return None
+    return review
+
+
+def _review_fields(review: PairReview | None, clean: _Cleaner, index: int) -> dict[str, Any]:
+    if review is None:
+        return {"human_reviewed": False, "reviewer_notes": None, "use_as_seed_example": False,
+                "generate_variations_count": 0, "review_status": None}
+    return {"human_reviewed": True,
+            "reviewer_notes": clean.opt(review.notes,
+                                        f"training_pairs[{index}].reviewer_notes"),
+            "use_as_seed_example": review.use_as_seed_example,
+            "generate_variations_count": review.generate_variations_count,
+            "review_status": review.status}
+
+
 def enrich(inputs: ConversationInputs, config: EnrichmentConfig) -> EnrichmentResult:
     """Build the enriched document, or raise InvalidDocument on a blocking error."""
     report = validate_parsed(inputs.parsed)
@@ -296,19 +319,21 @@ def enrich(inputs: ConversationInputs, config: EnrichmentConfig) -> EnrichmentRe
     prefix = clean.text(category, "template.category") \
         if isinstance(category, str) and category.strip() else "fp_conversation"
     conversation_id = str(inputs.conversation_id)
-    short_id = inputs.conversation_id.hex[:8]
+    reviews = {review.turn_number: review for review in inputs.reviews}
     rounded_score = int(round_half_up(score))
 
     pairs = []
     history: list[dict[str, Any]] = []
     last_user_input = ""
-    for turn in turns:
+    for index, turn in enumerate(turns):
         number = turn["turn_number"]
         is_user = turn["role"] == "user"
         if is_user:
             last_user_input = turn["content"]
+        review = None if is_user or not reviews else \
+            _current_review(reviews, number, last_user_input, turn["content"])
         pairs.append({
-            "id": f"{prefix}_turn{number}_{short_id}",
+            "id": f"{prefix}_turn{number}_{conversation_id}",
             "conversation_id": conversation_id,
             "turn_number": number,
             "conversation_metadata": pair_meta,
@@ -325,10 +350,7 @@ def enrich(inputs: ConversationInputs, config: EnrichmentConfig) -> EnrichmentRe
                 "emotional_progression_target": progression,
                 "quality_score": rounded_score,
                 "quality_criteria": criteria,
-                "human_reviewed": False,
-                "reviewer_notes": None,
-                "use_as_seed_example": False,
-                "generate_variations_count": 0,
+                **_review_fields(review, clean, index),
             },
         })
         history.append(_history_entry(turn))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ import orjson
 import structlog
 from sqlalchemy import Engine
 
-from worker import formats
+from worker import formats, review_rules
 from worker.contract import dumps, in_contract_order
 from worker.db import dataset
 from worker.db.dataset import DatasetFilters
@@ -41,6 +42,7 @@ from worker.export_report import (
     TokenizerError,
     print_short,
 )
+from worker.review_rules import ReviewRules
 from worker.sampling import SamplePlan, SamplingError, SamplingSpec, make_plan, stratum_label
 
 log = structlog.get_logger("reenrich.export")
@@ -66,9 +68,13 @@ class ExportOptions:
     tokenizer: Path | None = None
     max_tokens: int | None = None
     drop_over_max: bool = False
+    review: ReviewRules = field(default_factory=ReviewRules)
 
     def check(self) -> None:
         fmt = self.format
+        if self.review.approved_only and self.review.include_rejected:
+            raise ExportError("--approved-only already leaves rejected pairs out: drop "
+                              "--include-rejected")
         if fmt not in formats.FORMATS:
             raise ExportError(f"unknown format {fmt!r}: use one of {', '.join(formats.FORMATS)}")
         if self.condition not in ("none", "system"):
@@ -273,6 +279,23 @@ def _rows(options: ExportOptions, document: dict[str, Any]) -> Iterator[dict[str
         yield formats.full_json_conversation(in_contract_order(document))
 
 
+def _reviewed_rows(options: ExportOptions, document: dict[str, Any],
+                   ) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """The rows of a document after the review rules, and the pairs they removed by reason."""
+    rules = options.review
+    if options.format in ("chat", "full-json"):
+        apply = review_rules.for_chat if options.format == "chat" else review_rules.for_pairs
+        applied = apply(document, rules)
+        rows = [] if applied.document is None else list(_rows(options, applied.document))
+        return rows, applied.pairs_removed
+    # one row per assistant pair, in pair order: keep the rows of the pairs the rules keep
+    assistant = [p for p in formats.pairs_in_order(document) if formats.is_assistant_pair(p)]
+    reasons = [rules.drop_reason(pair) for pair in assistant]
+    rows = [row for row, reason in zip(_rows(options, document), reasons, strict=True)
+            if reason is None]
+    return rows, Counter(reason for reason in reasons if reason is not None)
+
+
 def _skip_reason(options: ExportOptions, document: dict[str, Any]) -> str | None:
     if options.format in ("chat", "prompt-completion"):
         return formats.skip_reason(document)
@@ -309,7 +332,7 @@ class _Run:
             sampling=options.sampling_json(),
             tokens=Lengths() if counter is not None else None,
             tokenizer=str(options.tokenizer) if options.tokenizer else None,
-            max_tokens=options.max_tokens)
+            max_tokens=options.max_tokens, review_rules=options.review.as_json())
         self.plan: SamplePlan | None = None
 
     def _kept(self, conn: Any) -> Iterator[tuple[Any, dict[str, str | None]]]:
@@ -372,8 +395,13 @@ class _Run:
             label = (stratum_label(spec.stratify_by, self.plan.stratum_of[conversation_id])
                      if self.plan else "all")
             tally, sink = tallies[side], sinks[side]
+            kept_rows, review_removed = _reviewed_rows(self.options, document)
+            self.report.review_pairs_removed.update(review_removed)
+            if not kept_rows:
+                self.report.removed[review_rules.CONVERSATION_REMOVED] += 1
+                continue
             written = 0
-            for row in _rows(self.options, document):
+            for row in kept_rows:
                 if not self.measure(row):
                     continue
                 sink.write(row, document)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker.review_rules import REVIEW_ORDER
+
 NONE_KEY = "(none)"  # how a null scaffolding key is shown in counts
 SHORTFALL_LISTED = 8  # strata named in the printed short report
 
@@ -25,7 +27,7 @@ SHORTFALL_LISTED = 8  # strata named in the printed short report
 REMOVAL_ORDER = ("since", "until", "not_enriched", "persona", "arc", "topic",
                  "missing_scaffolding", "tier", "min_quality", "failed", "stratum_key_null",
                  "not_sampled", "no_assistant_pair", "roles_not_alternating", "empty_content",
-                 "over_max_tokens")
+                 "review", "over_max_tokens")
 
 
 class TokenizerError(Exception):
@@ -135,6 +137,8 @@ class ExportReport:
     rows_over_max_tokens: int = 0
     rows_dropped_over_max_tokens: int = 0
     enrichment_versions: Counter[str] = field(default_factory=Counter)
+    review_rules: dict[str, bool] = field(default_factory=dict)
+    review_pairs_removed: Counter[str] = field(default_factory=Counter)  # assistant pairs
 
     def total(self, name: str) -> int:
         return sum(int(getattr(split, name)) for split in self.splits.values())
@@ -167,6 +171,9 @@ class ExportReport:
             "rows_over_max_tokens": self.rows_over_max_tokens if self.max_tokens else None,
             "rows_dropped_over_max_tokens": self.rows_dropped_over_max_tokens,
             "enrichment_versions": dict(sorted(self.enrichment_versions.items())),
+            "review": {"rules": self.review_rules,
+                       "pairs_removed": {k: self.review_pairs_removed[k] for k in REVIEW_ORDER
+                                         if self.review_pairs_removed[k]}},
         }
 
 
@@ -183,6 +190,10 @@ def print_short(report: dict[str, Any], out: Callable[[str], None]) -> None:
             f"conversations, {split['pairs']} pairs ({report['format']})")
     removed = ", ".join(f"{k} {v}" for k, v in report["removed"].items())
     out(f"removed conversations: {removed or 'none'} (of {report['conversations_in_table']})")
+    review = report.get("review", {}).get("pairs_removed")
+    if review:
+        out("removed by review: " + ", ".join(f"{k} {v}" for k, v in review.items())
+            + " assistant pair(s)")
     strata = report["strata"]
     if report["sampling"].get("stratify_by") or report["sampling"].get("per_stratum"):
         shortfall = list(report["shortfall"].items())

@@ -87,6 +87,18 @@ class PromptTemplate:
 
 
 @dataclass(frozen=True, slots=True)
+class PairReview:
+    """A pair's current review as the enrichment reads it (`reviews.md`)."""
+
+    turn_number: int
+    status: str  # approved | rejected | needs_revision
+    notes: str | None
+    use_as_seed_example: bool
+    generate_variations_count: int
+    content_sha256: str  # what the reviewer read; another text makes the review stale
+
+
+@dataclass(frozen=True, slots=True)
 class ConversationInputs:
     """Everything one enriched document is built from (the enrichment's only input)."""
 
@@ -100,6 +112,7 @@ class ConversationInputs:
     topic: TrainingTopic | None = None
     template: PromptTemplate | None = None
     system_prompt: str | None = None
+    reviews: tuple[PairReview, ...] = ()  # the current review of each reviewed pair
 
 
 # ------------------------------------------------------------ enriched output
@@ -194,6 +207,7 @@ class TrainingMetadata(_Strict):
     reviewer_notes: str | None
     use_as_seed_example: bool
     generate_variations_count: int
+    review_status: Literal["approved", "rejected", "needs_revision"] | None
 
 
 class TrainingPair(_Strict):

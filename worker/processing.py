@@ -5,7 +5,8 @@ Shared by every loop (backfill, follow, enrich) so they agree on what
 
 Idempotence works on two hashes:
 - the *input hash* covers everything a document is built from (parsed text,
-  scaffolding rows, prompt, row fields, enrichment version, shipped config).
+  scaffolding rows, prompt, row fields, current reviews, enrichment version,
+  shipped config).
   When it matches what the row stores and the row is enriched, the row is
   unchanged without enriching it at all (the cheap path of a no-op run);
 - the *document hash* covers the serialized document: a row is written only
@@ -128,6 +129,8 @@ class Processor:
             str(inputs.conversation_id), inputs.created_at.isoformat(), inputs.quality_score,
             inputs.has_scaffolding_reference, _ref(inputs.persona), _ref(inputs.arc),
             _ref(inputs.topic), _ref(inputs.template), inputs.system_prompt,
+            # the current reviews: a recorded review changes exactly its conversation's hash
+            [_ref(review) for review in inputs.reviews],
         ], option=orjson.OPT_SORT_KEYS))
         digest.update(parsed_text.encode())
         return digest.hexdigest()

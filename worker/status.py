@@ -69,8 +69,23 @@ def print_status(engine: Engine, *, as_json: bool, out: Out) -> int:
                       "rows_per_second", "eta_seconds", "started_at", "finished_at",
                       "last_error"], out)
     out("")
+    _print_versions(engine, out)
     _print_follow(engine, out, live_only=True)
     return 0
+
+
+def _print_versions(engine: Engine, out: Out) -> None:
+    """Enriched rows per enrichment version: rows below the current one await a backfill."""
+    from worker.db.dataset import version_counts
+    from worker.enrich import ENRICHMENT_VERSION
+
+    with engine.connect() as conn:
+        counts = version_counts(conn)
+    listed = ", ".join(f"version {k if k is not None else 'unknown'}: {v}"
+                       for k, v in counts.items()) or "none"
+    behind = sum(v for k, v in counts.items() if k is None or k < ENRICHMENT_VERSION)
+    out(f"enriched rows by enrichment version: {listed} (current {ENRICHMENT_VERSION}; "
+        f"{behind} to re-enrich with `reenrich backfill`)")
 
 
 def _workers(engine: Engine) -> tuple[queue.QueueStats, list[dict[str, Any]]]:

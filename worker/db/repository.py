@@ -23,6 +23,7 @@ from sqlalchemy import Connection, text
 from worker.models import (
     ConversationInputs,
     EmotionalArc,
+    PairReview,
     Persona,
     PromptTemplate,
     TrainingTopic,
@@ -73,7 +74,8 @@ SELECT c.conversation_id,
        a.response_techniques,
        t.id AS t_id, t.topic_key, t.name AS t_name, t.complexity_level,
        pt.template_name, pt.category,
-       gl.system_prompt
+       gl.system_prompt,
+       rv.reviews
 FROM conversations c
 LEFT JOIN personas p          ON p.id = c.persona_id
 LEFT JOIN emotional_arcs a    ON a.id = c.emotional_arc_id
@@ -87,6 +89,14 @@ LEFT JOIN LATERAL (
     ORDER BY g.created_at DESC, g.id DESC
     LIMIT 1
 ) gl ON true
+LEFT JOIN LATERAL (
+    -- the current reviews (an input of the document: reviews.md)
+    SELECT jsonb_agg(jsonb_build_array(r.turn_number, r.status, r.notes, r.use_as_seed_example,
+                                       r.generate_variations_count, r.content_sha256)
+                     ORDER BY r.turn_number) AS reviews
+    FROM reviews r
+    WHERE r.conversation_id = c.conversation_id AND r.superseded_at IS NULL
+) rv ON true
 WHERE (CAST(:after AS uuid) IS NULL OR c.conversation_id > :after)
   AND (CAST(:upper AS uuid) IS NULL OR c.conversation_id <= :upper)
   AND (CAST(:persona AS text) IS NULL OR p.persona_key = :persona)
@@ -118,7 +128,8 @@ SELECT c.conversation_id,
        a.response_techniques,
        t.id AS t_id, t.topic_key, t.name AS t_name, t.complexity_level,
        pt.template_name, pt.category,
-       gl.system_prompt
+       gl.system_prompt,
+       rv.reviews
 FROM conversations c
 LEFT JOIN personas p          ON p.id = c.persona_id
 LEFT JOIN emotional_arcs a    ON a.id = c.emotional_arc_id
@@ -132,6 +143,14 @@ LEFT JOIN LATERAL (
     ORDER BY g.created_at DESC, g.id DESC
     LIMIT 1
 ) gl ON true
+LEFT JOIN LATERAL (
+    -- the current reviews (an input of the document: reviews.md)
+    SELECT jsonb_agg(jsonb_build_array(r.turn_number, r.status, r.notes, r.use_as_seed_example,
+                                       r.generate_variations_count, r.content_sha256)
+                     ORDER BY r.turn_number) AS reviews
+    FROM reviews r
+    WHERE r.conversation_id = c.conversation_id AND r.superseded_at IS NULL
+) rv ON true
 WHERE c.conversation_id = ANY(:ids)
 ORDER BY c.conversation_id
 """)
@@ -227,6 +246,7 @@ def _row_to_stored(row: Any) -> StoredRow:
         has_scaffolding_reference=m["has_reference"],
         persona=persona, arc=arc, topic=topic, template=template,
         system_prompt=m["system_prompt"],
+        reviews=tuple(PairReview(*review) for review in m["reviews"] or ()),
     )
     return StoredRow(conversation_id=m["conversation_id"], inputs_text=parsed_text,
                      fields=fields,
