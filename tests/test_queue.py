@@ -190,6 +190,7 @@ def test_the_follow_step_skips_a_row_an_editor_holds(
 def test_claims_skip_claimed_rows_until_the_lease_ends(
         engine: Engine, tmp_path: Path, raw: psycopg.Connection[Any]) -> None:
     seed(engine, tmp_path, count=5)
+    raw.execute("UPDATE conversations SET enrichment_status = 'enriched'")  # not new rows
     raw.execute("SELECT reenrich_mark(ARRAY(SELECT conversation_id FROM conversations), 'x')")
     with engine.begin() as conn:
         first = queue.claim(conn, worker="a", limit=3, lease_seconds=60)

@@ -170,7 +170,8 @@ def test_a_failed_write_does_not_break_the_engine_or_the_follower(
 
         stop = threading.Event()
         follower = Follower(small, db_url, Processor(config),
-                            FollowOptions(poll_interval=0.2, lease_seconds=0.5), stop)
+                            FollowOptions(poll_interval=0.2, lease_seconds=0.5, lanes=1),
+                            stop)
         thread = threading.Thread(target=follower.run, daemon=True)
         thread.start()
         raw.execute("SELECT reenrich_mark(ARRAY[%s]::uuid[], 'test')", (bad,))

@@ -54,6 +54,10 @@ class FollowOptions:
     lease_seconds: float = 120.0
     heartbeat_seconds: float = 30.0
     limits: Limits = field(default_factory=Limits)
+    # Lanes drain side by side, each on its own connection: one enriches (Python)
+    # while another's batch is written (the server), as the backfill's reader
+    # overlaps its writer. Row locks (SKIP LOCKED) keep them off each other's rows.
+    lanes: int = 2
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Follower:
         self.registered = False
         self.connected = False  # the current session got as far as LISTEN and registration
         self.next_heartbeat = 0.0
+        self.lock = threading.Lock()  # the lanes share the totals
         self.last_batches = 0
 
     # ----------------------------------------------------------- the service
@@ -189,7 +194,35 @@ class Follower:
     # -------------------------------------------------------------- the work
 
     def _drain(self, conn: Connection, why: str) -> None:
-        """Work until nothing is left: queue marks, new rows, scaffolding edits."""
+        """Work until nothing is left, in every lane: queue marks, new rows, edits."""
+        errors: list[BaseException] = []
+        done: list[int] = []
+        lanes = [threading.Thread(target=self._lane, args=(errors, done), daemon=True,
+                                  name=f"follow-lane-{i}")
+                 for i in range(1, max(1, self.options.lanes))]
+        for lane in lanes:
+            lane.start()
+        rows = self._drain_lane(conn)
+        for lane in lanes:
+            lane.join()
+        rows += sum(done)
+        if errors:
+            raise errors[0]  # a lost connection: the session reconnects
+        if why == "poll" and rows:
+            log.info("follow.poll_found_work", rows=rows,
+                     message="rows were found by polling, not by a notification")
+        elif why == "start" and rows:
+            log.info("follow.backlog_drained", rows=rows,
+                     message="rows marked while no worker listened")
+
+    def _lane(self, errors: list[BaseException], done: list[int]) -> None:
+        try:
+            with self.engine.connect() as conn:
+                done.append(self._drain_lane(conn))
+        except Exception as exc:
+            errors.append(exc)
+
+    def _drain_lane(self, conn: Connection) -> int:
         rows = 0
         while not self.stop.is_set():
             try:
@@ -209,12 +242,7 @@ class Follower:
             if not done:
                 break
             rows += done
-        if why == "poll" and rows:
-            log.info("follow.poll_found_work", rows=rows,
-                     message="rows were found by polling, not by a notification")
-        elif why == "start" and rows:
-            log.info("follow.backlog_drained", rows=rows,
-                     message="rows marked while no worker listened")
+        return rows
 
     def _marked(self, conn: Connection) -> int:
         """One batch of queue marks (edited conversations, logs, reviews); rows done."""
@@ -284,6 +312,10 @@ class Follower:
         return rows
 
     def _report(self, result: BatchResult, claimed: int, left: int) -> None:
+        with self.lock:
+            self._report_locked(result, claimed, left)
+
+    def _report_locked(self, result: BatchResult, claimed: int, left: int) -> None:
         counts = result.counts
         t = self.totals
         t.batches += 1
@@ -302,7 +334,7 @@ class Follower:
 
     def _heartbeat_if_due(self, conn: Connection) -> None:
         now = time.monotonic()
-        if now < self.next_heartbeat:
+        if now < self.next_heartbeat or threading.current_thread().name.startswith("follow-lane"):
             return
         self.next_heartbeat = now + self.options.heartbeat_seconds
         with conn.begin():

@@ -48,11 +48,15 @@ CLAIM_SQL = text("""
 WITH picked AS MATERIALIZED (
     SELECT f.conversation_id
     FROM enrichment_queue f
-    WHERE f.claimed_by IS NULL
-       OR f.claimed_at < clock_timestamp() - make_interval(secs => :lease)
+    WHERE (f.claimed_by IS NULL
+           OR f.claimed_at < clock_timestamp() - make_interval(secs => :lease))
+      -- a new row is enriched as pending (its mark is removed then), not twice
+      AND NOT EXISTS (SELECT 1 FROM conversations c
+                      WHERE c.conversation_id = f.conversation_id
+                        AND c.enrichment_status = 'pending')
     ORDER BY f.marked_at
     LIMIT :limit
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE OF f SKIP LOCKED)
 UPDATE enrichment_queue AS q
 SET claimed_by = :worker,
     claimed_at = clock_timestamp()
