@@ -75,6 +75,7 @@ def check_card_place(options: ExportOptions, card: Path | None) -> None:
 
 
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+_SAFE_CODE = re.compile(r"^[\w .:/@+=,'()\[\]-]+$")
 _PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 
 
@@ -84,10 +85,11 @@ def _text(value: Any) -> str:
 
 
 def _code(value: Any) -> str:
-    """A value from the data as inline code (escaped text if it holds a backtick or a
-    backslash, which could end the code span or a table cell)."""
+    """A value from the data as inline code when it is plainly safe (keys, paths, filter
+    lists), else as escaped text: nothing from the data can end the code span or a table
+    cell, or reach a renderer as HTML."""
     flat = " ".join(str(value).split())
-    if "`" in flat or "\\" in flat or not flat:
+    if not _SAFE_CODE.match(flat):
         return _text(flat)
     return f"`{flat}`"
 

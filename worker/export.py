@@ -553,6 +553,7 @@ def run_export(engine: Engine, options: ExportOptions, *,
     sinks, hashes, states = _write_files(engine, run, consultant_profile, source)
     from_version = _source_report(run, source, states) if source is not None else None
     report = run.report.as_json()
+    report["meta"] = options.meta
     report["from_version"] = from_version
     report["dataset_version"] = {"name": name, "members": len(run.written),
                                  "contract_version": ENRICHMENT_VERSION}
