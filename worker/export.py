@@ -11,6 +11,13 @@ Files are written beside their final path and renamed into place when
 complete, so a failed export never leaves a half-written file behind.
 Formats whose head depends on the whole body (`brightrun-v4 --meta`,
 `full-json`) spool the body to a temporary file first: memory stays flat.
+`--hub DIR` writes the same rows as Parquet shards (`worker.hub`).
+
+Every export that writes files is then recorded as a dataset version
+(`worker.versions`, `worker.db.versions`): its options, counts, files with
+their SHA-256, and its members with the `enriched_hash` read in the same
+snapshot the documents came from. `--from-version` replays a version: its
+members in their splits take the place of the filters and the sample.
 """
 
 from __future__ import annotations
