@@ -448,6 +448,43 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
                    help="created up to and including this date (or before this timestamp)")
 
 
+def _add_version_flags(p: argparse.ArgumentParser) -> None:
+    """export: the Hub folder, the rejected tier, and dataset versions."""
+    p.add_argument("--include-rejected-tier", action="store_true",
+                   help="keep conversations of quality tier rejected (left out by default)")
+    p.add_argument("--hub", metavar="DIR", help="chat, prompt-completion: write a Hugging Face "
+                   "dataset folder (DIR/README.md, DIR/data/<split>-NNNNN-of-NNNNN.parquet)")
+    p.add_argument("--shard-size", type=parse_positive, metavar="MB",
+                   help="--hub: at most MB megabytes per Parquet shard (default 500)")
+    p.add_argument("--license", metavar="ID", help="--hub: the card's license (default other)")
+    p.add_argument("--name", type=parse_version_name, metavar="NAME",
+                   help="the dataset version's name (default: generated, printed)")
+    p.add_argument("--from-version", metavar="NAME", help="the members, splits and options of "
+                   "this dataset version, from the current documents")
+    # What each flag is when not given: --from-version refuses any other flag that is.
+    p.set_defaults(export_defaults={a.dest: a.default for a in p._actions
+                                    if a.dest != "help" and a.default != argparse.SUPPRESS})
+
+
+def _add_datasets_actions(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON value")
+    actions = p.add_subparsers(dest="datasets_command", metavar="ACTION")
+    show = actions.add_parser("show", help="one version: options, counts, files and SHA-256")
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--json", action="store_true", help="one JSON object")
+    diff = actions.add_parser("diff", help="conversations added, removed, moved, changed, "
+                              "per split")
+    diff.add_argument("a", metavar="A")
+    diff.add_argument("b", metavar="B")
+    diff.add_argument("--json", action="store_true", help="one JSON object")
+    verify = actions.add_parser("verify", help="recompute the files' SHA-256 (exit 1 if any "
+                                "differs or is missing)")
+    verify.add_argument("name", metavar="NAME")
+    verify.add_argument("paths", nargs="*", metavar="PATH", help="the export's folder or "
+                        "files (default: where they were written)")
+    verify.add_argument("--json", action="store_true", help="one JSON object")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reenrich",
@@ -570,38 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-over-max", action="store_true",
                    help="drop the rows over --max-tokens instead of only reporting them")
     p.add_argument("--card", metavar="PATH", help="write a dataset card (Markdown, YAML header)")
-    p.add_argument("--include-rejected-tier", action="store_true",
-                   help="keep conversations of quality tier rejected (left out by default)")
-    p.add_argument("--hub", metavar="DIR", help="chat, prompt-completion: write a Hugging Face "
-                   "dataset folder (DIR/README.md, DIR/data/<split>-NNNNN-of-NNNNN.parquet)")
-    p.add_argument("--shard-size", type=parse_positive, metavar="MB",
-                   help="--hub: at most MB megabytes per Parquet shard (default 500)")
-    p.add_argument("--license", metavar="ID", help="--hub: the card's license (default other)")
-    p.add_argument("--name", type=parse_version_name, metavar="NAME",
-                   help="the dataset version's name (default: generated, printed)")
-    p.add_argument("--from-version", metavar="NAME", help="the members, splits and options of "
-                   "this dataset version, from the current documents")
-    p.set_defaults(export_defaults={a.dest: a.default for a in p._actions
-                                    if a.dest != "help" and a.default != argparse.SUPPRESS})
+    _add_version_flags(p)
 
     p = add("datasets", cmd_datasets, "dataset versions: list them, or show NAME, diff A B, "
             "verify NAME [PATH...] (exit 1 if a file differs)")
-    p.add_argument("--json", action="store_true", help="one JSON value")
-    actions = p.add_subparsers(dest="datasets_command", metavar="ACTION")
-    show = actions.add_parser("show", help="one version: options, counts, files and SHA-256")
-    show.add_argument("name", metavar="NAME")
-    show.add_argument("--json", action="store_true", help="one JSON object")
-    diff = actions.add_parser("diff", help="conversations added, removed, moved, changed, "
-                              "per split")
-    diff.add_argument("a", metavar="A")
-    diff.add_argument("b", metavar="B")
-    diff.add_argument("--json", action="store_true", help="one JSON object")
-    verify = actions.add_parser("verify", help="recompute the files' SHA-256 (exit 1 if any "
-                                "differs or is missing)")
-    verify.add_argument("name", metavar="NAME")
-    verify.add_argument("paths", nargs="*", metavar="PATH", help="the export's folder or "
-                        "files (default: where they were written)")
-    verify.add_argument("--json", action="store_true", help="one JSON object")
+    _add_datasets_actions(p)
 
     p = add("validate", cmd_validate, "check the stored enriched documents against the "
             "contract, or an exported file (--file) against trainers' rules; exit 1 on "
