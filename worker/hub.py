@@ -127,7 +127,6 @@ class ParquetSink:
         self._writer: pq.ParquetWriter | None = None
         self._groups = 0  # row groups in the open shard
         self._ratio = 1.0  # compressed / Arrow bytes so far, to predict the next group
-        self._written_arrow = 0
         self.shards: list[Path] = []
 
     def write(self, row: dict[str, Any], document: dict[str, Any]) -> None:
@@ -178,7 +177,6 @@ class ParquetSink:
         self._groups += 1
         self.num_bytes += table.nbytes
         if table.nbytes:
-            self._written_arrow += table.nbytes
             self._ratio = max(self._ratio * 0.5, (self._file.tell() - before) / table.nbytes)
 
     def close(self) -> None:
