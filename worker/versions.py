@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 import secrets
 import types
@@ -67,8 +68,8 @@ def to_json(value: Any) -> Any:
     """A JSON-ready copy of an options value (dataclasses, paths, dates, tuples)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, Path):  # absolute: a re-export may run from another folder
+        return os.path.abspath(value)
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, uuid.UUID):
