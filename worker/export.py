@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +50,6 @@ from worker.export_report import (
     TokenizerError,
     print_short,
 )
-from worker.prefetch import prefetch
 from worker.sampling import (
     SamplePlan,
     SamplingError,
@@ -362,7 +361,6 @@ class _Run:
         self.stream_filters = (DatasetFilters(include_rejected_tier=True)
                                if members is not None else options.filters)
         self.written: list[tuple[uuid.UUID, str]] = []  # (conversation_id, split) in order
-        self.stream: Generator[tuple[uuid.UUID, int | None, str], None, None] | None = None
         self.report = ExportReport(
             format=options.format, condition=options.condition,
             strip_metadata=options.strip_metadata, filters=options.filters.as_json(),
@@ -435,9 +433,8 @@ class _Run:
     def write(self, conn: Any, ids: list[Any] | None, sinks: dict[str, Sink]) -> None:
         tallies = {name: SplitTally(path=str(sink.path)) for name, sink in sinks.items()}
         self.report.splits = tallies
-        # Read ahead in a thread: the next documents arrive while these are written.
-        self.stream = stream = prefetch(dataset.stream_documents(conn, self.stream_filters, ids))
-        for conversation_id, version, text in stream:
+        for conversation_id, version, text in dataset.stream_documents(
+                conn, self.stream_filters, ids):
             document = orjson.loads(text)
             reason = _skip_reason(self.options, document)
             if reason is not None:
@@ -512,9 +509,6 @@ def _write_files(engine: Engine, run: _Run, consultant_profile: dict[str, Any],
             for sink in sinks.values():
                 sink.abort()
             raise
-        finally:
-            if run.stream is not None:
-                run.stream.close()  # stops and joins the read-ahead thread
         hashes = db_versions.member_hashes(conn, [cid for cid, _ in run.written])
         states = (db_versions.member_states(conn, source.version.version_id)
                   if source is not None else {})
