@@ -11,8 +11,6 @@ the best time of each counts:
 - hub: `run_export(format=chat, hub=DIR)`: the selection pass, the stream,
   the rows, Parquet (zstd), the card, SHA-256 of the files and the dataset
   version recorded;
-- hub (no read-ahead): the same with `worker.prefetch` off (documents read
-  in line, as before it);
 - jsonl: the same export to JSON Lines.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
@@ -30,9 +28,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import psycopg
@@ -42,7 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from worker import export as export_module  # noqa: E402
 from worker import synthetic  # noqa: E402
 from worker.backfill import BackfillOptions, run_backfill  # noqa: E402
 from worker.config import load_enrichment_config  # noqa: E402
@@ -52,7 +48,6 @@ from worker.db.engine import libpq_url, make_engine, normalize_url  # noqa: E402
 from worker.export import ExportOptions, run_export  # noqa: E402
 from worker.importer import import_path  # noqa: E402
 from worker.logs import configure  # noqa: E402
-from worker.prefetch import prefetch  # noqa: E402
 from worker.processing import Processor  # noqa: E402
 
 ALL = DatasetFilters(include_rejected_tier=True)  # every phase sees every document
@@ -95,28 +90,19 @@ def phases(url: str, work: Path) -> dict[str, Callable[[], int]]:
             return size
         return run
 
-    def export(hub: bool, read_ahead: bool = True) -> Callable[[], int]:
+    def export(hub: bool) -> Callable[[], int]:
         def run() -> int:
             i = next(counter)
             options = ExportOptions(format="chat", filters=ALL,
                                     hub=work / f"hub-{i}" if hub else None,
                                     output=None if hub else work / f"chat-{i}.jsonl")
-            # The read-ahead thread off: what it gains, measured in the same run.
-            export_module.prefetch = prefetch if read_ahead else _in_line
-            try:
-                report = run_export(engine, options, consultant_profile=profile,
-                                    name=f"bench-{os.getpid()}-{i}")
-            finally:
-                export_module.prefetch = prefetch
+            report = run_export(engine, options, consultant_profile=profile,
+                                name=f"bench-{os.getpid()}-{i}")
             return int(report["rows"])
         return run
 
     return {"read": read(True), "read (no parse)": read(False), "hub": export(True),
-            "hub (no read-ahead)": export(True, read_ahead=False), "jsonl": export(False)}
-
-
-def _in_line(source: Iterable[Any]) -> Generator[Any, None, None]:
-    yield from source
+            "jsonl": export(False)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,8 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Parquet {hub_bytes / 1e6:.1f} MB, JSON Lines {jsonl_bytes / 1e6:.1f} MB")
         print(f"hub speed / read speed: {best['read'] / best['hub']:.2f} (target >= 0.75)")
         print(f"hub speed / read (no parse) speed: {best['read (no parse)'] / best['hub']:.2f}")
-        print(f"read-ahead gain (hub without / with): "
-              f"{best['hub (no read-ahead)'] / best['hub']:.2f}")
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(f"jsonl speed / read speed: {best['read'] / best['jsonl']:.2f}")
         return 0
