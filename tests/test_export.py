@@ -4,6 +4,7 @@ loading with `datasets`, filters, reproducible stratified samples, splits, token
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import uuid
@@ -34,6 +35,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 def export(engine: Engine, config: EnrichmentConfig, fmt: str, output: Path,
            **kwargs: Any) -> dict[str, Any]:
+    # These tests compare the files with every stored document: keep quality tier `rejected`
+    # (left out by default; tests/test_versions.py checks that default).
+    kwargs["filters"] = dataclasses.replace(kwargs.get("filters", DatasetFilters()),
+                                            include_rejected_tier=True)
     options = ExportOptions(format=fmt, output=output, **kwargs)
     return run_export(engine, options, consultant_profile=config.consultant_profile)
 
@@ -245,7 +250,7 @@ def test_filters_and_the_removal_report(engine: Engine, tmp_path: Path,
     assert report["removed"]["persona"] == sum(
         1 for d in documents.values() if params_key(d, "persona_key") not in personas)
     assert report["filters"] == {"persona": personas, "min_quality": 3.0,
-                                 "require_scaffolding": True}
+                                 "require_scaffolding": True, "include_rejected_tier": True}
 
     # --require-scaffolding alone leaves out exactly the documents missing a key.
     report = export(engine, config, "chat", out,

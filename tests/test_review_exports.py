@@ -16,6 +16,7 @@ from tests.dataset_helpers import enriched, read_jsonl, stored
 from worker.api import enrich_conversations
 from worker.config import EnrichmentConfig
 from worker.db import reviews as db_reviews
+from worker.db.dataset import DatasetFilters
 from worker.export import ExportError, ExportOptions, run_export
 from worker.review_rules import ReviewRules
 from worker.reviews import ReviewInput, ReviewStatus, content_sha256
@@ -182,8 +183,10 @@ def test_sheet_stratified_picks_the_export_sample(engine: Engine, db_url: str, t
                                                   config: EnrichmentConfig) -> None:
     enriched(engine, tmp_path, config, count=30)
     spec = SamplingSpec(stratify_by=("arc",), per_stratum=2, seed=7)
+    # The sheet lists every enriched conversation, quality tier rejected included.
     run_export(engine, ExportOptions(format="brightrun-v4", output=tmp_path / "e.jsonl",
-                                     sampling=spec),
+                                     sampling=spec,
+                                     filters=DatasetFilters(include_rejected_tier=True)),
                consultant_profile=config.consultant_profile)
     exported = keys(read_jsonl(tmp_path / "e.jsonl"))
     paths = [tmp_path / "s1.csv", tmp_path / "s2.csv"]

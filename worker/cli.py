@@ -301,41 +301,116 @@ def _fields(value: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
+# Flags that say where a --from-version export writes; every other flag comes from the version.
+FROM_VERSION_FLAGS = frozenset({"output", "validation_output", "hub", "shard_size", "license",
+                                "name", "report", "card", "from_version"})
+
+
+def parse_version_name(value: str) -> str:
+    from worker.errors import UsageError
+    from worker.versions import check_name
+
+    try:
+        return check_name(value)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _export_options(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
     from worker.db.dataset import DatasetFilters
-    from worker.export import ExportError, ExportOptions, export_command
+    from worker.export import ExportOptions
     from worker.review_rules import ReviewRules
     from worker.sampling import SamplingSpec
 
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
 
-    options = ExportOptions(
-        format=args.format, output=Path(args.output),
+    if args.format is None:
+        raise CommandError("--format is required (or --from-version NAME)")
+    return ExportOptions(
+        format=args.format, output=path(args.output),
         validation_output=path(args.validation_output),
         filters=DatasetFilters(
             personas=tuple(args.persona or ()), arcs=tuple(args.arc or ()),
             topics=tuple(args.topic or ()), tiers=tuple(args.tier or ()),
             min_quality=args.min_quality, since=args.since, until=args.until,
-            require_scaffolding=args.require_scaffolding, exclude_failed=args.exclude_failed),
+            require_scaffolding=args.require_scaffolding, exclude_failed=args.exclude_failed,
+            include_rejected_tier=args.include_rejected_tier),
         sampling=SamplingSpec(stratify_by=args.stratify_by or (), per_stratum=args.per_stratum,
                               balance=args.balance, seed=args.seed,
                               validation_fraction=args.split_validation),
         condition=args.condition, strip_metadata=args.strip_metadata, meta=args.meta,
         target_model=args.target_model, tokenizer=path(args.tokenizer),
-        max_tokens=args.max_tokens, drop_over_max=args.drop_over_max,
+        max_tokens=args.max_tokens, drop_over_max=args.drop_over_max, hub=path(args.hub),
+        shard_size_mb=args.shard_size, license=args.license,
         review=ReviewRules(include_rejected=args.include_rejected,
                            approved_only=args.approved_only,
                            seed_examples_only=args.seed_examples_only))
+
+
+def _from_version(args: argparse.Namespace, ctx: Context) -> tuple[Any, Any]:
+    from pathlib import Path
+
+    from worker.export import from_version_options, load_source
+
+    given = sorted(f"--{dest.replace('_', '-')}" for dest, default in args.export_defaults.items()
+                   if dest not in FROM_VERSION_FLAGS and getattr(args, dest, default) != default)
+    if given:
+        raise CommandError(f"--from-version replays the options recorded in the version: leave "
+                           f"out {', '.join(given)} (see `reenrich datasets show "
+                           f"{args.from_version}`)")
+    source = load_source(ctx.engine(), args.from_version)
+    options = from_version_options(
+        source.version, output=Path(args.output) if args.output else None,
+        validation_output=Path(args.validation_output) if args.validation_output else None,
+        hub_dir=Path(args.hub) if args.hub else None, shard_size_mb=args.shard_size,
+        license_id=args.license)
+    return options, source
+
+
+def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
+    from pathlib import Path
+
+    from worker.export import ExportError, export_command
+
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
     try:
+        source = None
+        if args.from_version:
+            options, source = _from_version(args, ctx)
+        else:
+            options = _export_options(args)
         options.check()  # before connecting: a wrong flag needs no database
         return export_command(
             ctx.engine(), options,
             consultant_profile=load_enrichment_config(ctx.settings).consultant_profile,
-            report_path=path(args.report), card_path=path(args.card), out=_write)
+            report_path=path(args.report), card_path=path(args.card), out=_write,
+            name=args.name, source=source)
     except ExportError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def cmd_datasets(args: argparse.Namespace, ctx: Context) -> int:
+    from pathlib import Path
+
+    from worker import version_commands as vc
+    from worker.versions import VersionError
+
+    action = args.datasets_command
+    try:
+        if action == "show":
+            return vc.show_version(ctx.engine(), args.name, as_json=args.json, out=_write)
+        if action == "diff":
+            return vc.diff_versions(ctx.engine(), args.a, args.b, as_json=args.json, out=_write)
+        if action == "verify":
+            return vc.verify_version(ctx.engine(), args.name, [Path(p) for p in args.paths],
+                                     as_json=args.json, out=_write)
+        return vc.list_versions(ctx.engine(), as_json=args.json, out=_write)
+    except VersionError as exc:
         raise CommandError(str(exc)) from exc
 
 
@@ -386,6 +461,43 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
                    help="created at or after (YYYY-MM-DD or ISO 8601, UTC)")
     p.add_argument("--until", type=lambda v: parse_when(v, end=True), metavar="DATE",
                    help="created up to and including this date (or before this timestamp)")
+
+
+def _add_version_flags(p: argparse.ArgumentParser) -> None:
+    """export: the Hub folder, the rejected tier, and dataset versions."""
+    p.add_argument("--include-rejected-tier", action="store_true",
+                   help="keep conversations of quality tier rejected (left out by default)")
+    p.add_argument("--hub", metavar="DIR", help="chat, prompt-completion: write a Hugging Face "
+                   "dataset folder (DIR/README.md, DIR/data/<split>-NNNNN-of-NNNNN.parquet)")
+    p.add_argument("--shard-size", type=parse_positive, metavar="MB",
+                   help="--hub: at most MB megabytes per Parquet shard (default 500)")
+    p.add_argument("--license", metavar="ID", help="--hub: the card's license (default other)")
+    p.add_argument("--name", type=parse_version_name, metavar="NAME",
+                   help="the dataset version's name (default: generated, printed)")
+    p.add_argument("--from-version", metavar="NAME", help="the members, splits and options of "
+                   "this dataset version, from the current documents")
+    # What each flag is when not given: --from-version refuses any other flag that is.
+    p.set_defaults(export_defaults={a.dest: a.default for a in p._actions
+                                    if a.dest != "help" and a.default != argparse.SUPPRESS})
+
+
+def _add_datasets_actions(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="one JSON value")
+    actions = p.add_subparsers(dest="datasets_command", metavar="ACTION")
+    show = actions.add_parser("show", help="one version: options, counts, files and SHA-256")
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--json", action="store_true", help="one JSON object")
+    diff = actions.add_parser("diff", help="conversations added, removed, moved, changed, "
+                              "per split")
+    diff.add_argument("a", metavar="A")
+    diff.add_argument("b", metavar="B")
+    diff.add_argument("--json", action="store_true", help="one JSON object")
+    verify = actions.add_parser("verify", help="recompute the files' SHA-256 (exit 1 if any "
+                                "differs or is missing)")
+    verify.add_argument("name", metavar="NAME")
+    verify.add_argument("paths", nargs="*", metavar="PATH", help="the export's folder or "
+                        "files (default: where they were written)")
+    verify.add_argument("--json", action="store_true", help="one JSON object")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -462,9 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", cmd_export, "write a training file from the stored enriched documents "
             "(chat, prompt-completion, brightrun-v4, full-json), with filters, stratified "
             "sampling, a validation split, a report and a dataset card")
-    p.add_argument("--format", required=True,
-                   choices=["chat", "prompt-completion", "brightrun-v4", "full-json"])
-    p.add_argument("--output", required=True, metavar="PATH", help="the file to write")
+    p.add_argument("--format", choices=["chat", "prompt-completion", "brightrun-v4", "full-json"],
+                   help="required, unless --from-version")
+    p.add_argument("--output", metavar="PATH", help="the file to write (or --hub DIR)")
     p.add_argument("--persona", action="append", metavar="KEY", help="keep this persona key "
                    "(repeatable: any of them)")
     p.add_argument("--arc", action="append", metavar="KEY", help="keep this emotional arc key "
@@ -517,6 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only approved pairs (chat: conversations whose assistant turns all are)")
     p.add_argument("--seed-examples-only", action="store_true",
                    help="only pairs marked as seed examples")
+    _add_version_flags(p)
+
+    p = add("datasets", cmd_datasets, "dataset versions: list them, or show NAME, diff A B, "
+            "verify NAME [PATH...] (exit 1 if a file differs)")
+    _add_datasets_actions(p)
 
     p = add("validate", cmd_validate, "check the stored enriched documents against the "
             "contract, or an exported file (--file) against trainers' rules; exit 1 on "

@@ -11,6 +11,13 @@ Files are written beside their final path and renamed into place when
 complete, so a failed export never leaves a half-written file behind.
 Formats whose head depends on the whole body (`brightrun-v4 --meta`,
 `full-json`) spool the body to a temporary file first: memory stays flat.
+`--hub DIR` writes the same rows as Parquet shards (`worker.hub`).
+
+Every export that writes files is then recorded as a dataset version
+(`worker.versions`, `worker.db.versions`): its options, counts, files with
+their SHA-256, and its members with the `enriched_hash` read in the same
+snapshot the documents came from. `--from-version` replays a version: its
+members in their splits take the place of the filters and the sample.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,11 +37,12 @@ import orjson
 import structlog
 from sqlalchemy import Engine
 
-from worker import formats, review_rules
+from worker import formats, hub, review_rules, versions
 from worker.contract import dumps, in_contract_order
 from worker.db import dataset
+from worker.db import versions as db_versions
 from worker.db.dataset import DatasetFilters
-from worker.enrich import round_half_up
+from worker.enrich import ENRICHMENT_VERSION, round_half_up
 from worker.export_report import (
     ExportReport,
     Lengths,
@@ -43,7 +52,14 @@ from worker.export_report import (
     print_short,
 )
 from worker.review_rules import ReviewRules
-from worker.sampling import SamplePlan, SamplingError, SamplingSpec, make_plan, stratum_label
+from worker.sampling import (
+    SamplePlan,
+    SamplingError,
+    SamplingSpec,
+    make_plan,
+    stratum_key,
+    stratum_label,
+)
 
 log = structlog.get_logger("reenrich.export")
 
@@ -57,7 +73,7 @@ class ExportError(Exception):
 @dataclass(frozen=True)
 class ExportOptions:
     format: str
-    output: Path
+    output: Path | None  # None with `hub`
     filters: DatasetFilters = field(default_factory=DatasetFilters)
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     validation_output: Path | None = None
@@ -69,6 +85,9 @@ class ExportOptions:
     max_tokens: int | None = None
     drop_over_max: bool = False
     review: ReviewRules = field(default_factory=ReviewRules)
+    hub: Path | None = None  # a Hugging Face dataset folder (`worker.hub`)
+    shard_size_mb: float | None = None  # hub: default hub.DEFAULT_SHARD_MB
+    license: str | None = None  # hub: the card's license, default "other"
 
     def check(self) -> None:
         fmt = self.format
@@ -93,19 +112,43 @@ class ExportOptions:
             self.sampling.check()
         except SamplingError as exc:
             raise ExportError(str(exc)) from exc
-        split, where = self.sampling.validation_fraction is not None, self.validation_output
-        if split and where is None:
-            raise ExportError("--split-validation needs --validation-output PATH")
-        if where is not None and not split:
-            raise ExportError("--validation-output needs --split-validation F")
-        if where is not None and where.resolve() == self.output.resolve():
-            raise ExportError("--validation-output must differ from --output")
+        self._check_placement()
         if self.max_tokens is not None and self.tokenizer is None:
             raise ExportError("--max-tokens needs --tokenizer PATH (a local tokenizer.json)")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ExportError("--max-tokens must be at least 1")
         if self.drop_over_max and self.max_tokens is None:
             raise ExportError("--drop-over-max needs --max-tokens N")
+
+    def _check_placement(self) -> None:
+        """Where the files go: --output [--validation-output], or --hub DIR."""
+        split, where = self.sampling.validation_fraction is not None, self.validation_output
+        if self.hub is not None:
+            self._check_hub()
+        elif self.output is None:
+            raise ExportError("give --output PATH (or --hub DIR for chat and prompt-completion)")
+        elif self.shard_size_mb is not None or self.license is not None:
+            raise ExportError("--shard-size and --license apply to --hub DIR only")
+        elif split and where is None:
+            raise ExportError("--split-validation needs --validation-output PATH")
+        if where is not None and not split:
+            raise ExportError("--validation-output needs --split-validation F")
+        if where is not None and self.output is not None \
+                and where.resolve() == self.output.resolve():
+            raise ExportError("--validation-output must differ from --output")
+
+    def _check_hub(self) -> None:
+        if self.format not in hub.HUB_FORMATS:
+            raise ExportError(f"--hub writes Parquet for chat and prompt-completion, not "
+                              f"{self.format}: use --output PATH for {self.format}")
+        if self.output is not None or self.validation_output is not None:
+            raise ExportError("--hub DIR writes DIR/data/<split>-*.parquet: leave out "
+                              "--output and --validation-output")
+        if self.shard_size_mb is not None and not self.shard_size_mb > 0:
+            raise ExportError("--shard-size is a positive number of megabytes")
+        if self.license is not None and not hub.LICENSE_ID.match(self.license):
+            raise ExportError(f"--license {self.license!r} is not a license id: use a Hub "
+                              "license id such as apache-2.0, cc-by-4.0 or other")
 
     def sampling_json(self) -> dict[str, Any]:
         spec = self.sampling
@@ -254,7 +297,15 @@ class FullJsonSink(_Sink):
         return b"]}\n"
 
 
-def _open_sink(options: ExportOptions, path: Path, consultant_profile: dict[str, Any]) -> _Sink:
+Sink = _Sink | hub.ParquetSink
+
+
+def _open_sink(options: ExportOptions, split: str, consultant_profile: dict[str, Any]) -> Sink:
+    if options.hub is not None:
+        return hub.ParquetSink(options.hub, split, options.format, options.strip_metadata,
+                               options.shard_size_mb or hub.DEFAULT_SHARD_MB)
+    path = options.output if split == TRAIN else options.validation_output
+    assert path is not None  # ExportOptions.check
     if options.format == "full-json":
         return FullJsonSink(path, options.target_model, consultant_profile)
     return JsonlSink(path, meta=options.meta)
@@ -323,9 +374,16 @@ def _scaffolding_keys(document: dict[str, Any]) -> dict[str, str | None]:
 
 
 class _Run:
-    def __init__(self, options: ExportOptions, counter: TokenCounter | None) -> None:
+    def __init__(self, options: ExportOptions, counter: TokenCounter | None,
+                 members: dict[uuid.UUID, str] | None = None) -> None:
         self.options = options
         self.counter = counter
+        # --from-version: these conversations in these splits, whatever filters and
+        # sampling would pick now (only a document that is gone leaves one out).
+        self.members = members
+        self.stream_filters = (DatasetFilters(include_rejected_tier=True)
+                               if members is not None else options.filters)
+        self.written: list[tuple[uuid.UUID, str]] = []  # (conversation_id, split) in order
         self.report = ExportReport(
             format=options.format, condition=options.condition,
             strip_metadata=options.strip_metadata, filters=options.filters.as_json(),
@@ -347,6 +405,9 @@ class _Run:
     def select(self, conn: Any) -> list[Any] | None:
         """Selection pass: count removals; the sample's ids (None: all kept)."""
         spec = self.options.sampling
+        if self.members is not None:
+            self.plan = SamplePlan(side=dict(self.members))
+            return sorted(self.members)
         if not spec.active:
             for _ in self._kept(conn):
                 pass
@@ -366,8 +427,9 @@ class _Run:
     def measure(self, row: dict[str, Any]) -> bool:
         """Record the row's lengths; False when it is over --max-tokens and to be dropped."""
         prompt, completion = formats.row_texts(self.options.format, row)
-        self.report.chars.add(sum(map(len, prompt)), sum(map(len, completion)))
+        chars = sum(map(len, prompt)), sum(map(len, completion))
         if self.counter is None or self.report.tokens is None:
+            self.report.chars.add(*chars)
             return True
         prompt_tokens, completion_tokens = self.counter.count(prompt), \
             self.counter.count(completion)
@@ -375,25 +437,34 @@ class _Run:
         if max_tokens is not None and prompt_tokens + completion_tokens > max_tokens:
             self.report.rows_over_max_tokens += 1
             if self.options.drop_over_max:
+                # A dropped row is in no length statistic: they describe the file.
                 self.report.rows_dropped_over_max_tokens += 1
                 return False
+        self.report.chars.add(*chars)
         self.report.tokens.add(prompt_tokens, completion_tokens)
         return True
 
-    def write(self, conn: Any, ids: list[Any] | None, sinks: dict[str, _Sink]) -> None:
+    def label(self, conversation_id: uuid.UUID, document: dict[str, Any]) -> str:
         spec = self.options.sampling
+        if self.plan is None or not spec.stratify_by:
+            return "all"
+        key = self.plan.stratum_of.get(conversation_id)
+        if key is None:  # --from-version: the stratum of the document as it is now
+            key = stratum_key(_scaffolding_keys(document), spec.stratify_by)
+        return stratum_label(spec.stratify_by, key)
+
+    def write(self, conn: Any, ids: list[Any] | None, sinks: dict[str, Sink]) -> None:
         tallies = {name: SplitTally(path=str(sink.path)) for name, sink in sinks.items()}
         self.report.splits = tallies
         for conversation_id, version, text in dataset.stream_documents(
-                conn, self.options.filters, ids):
+                conn, self.stream_filters, ids):
             document = orjson.loads(text)
             reason = _skip_reason(self.options, document)
             if reason is not None:
                 self.report.removed[reason] += 1
                 continue
             side = self.plan.side[conversation_id] if self.plan else TRAIN
-            label = (stratum_label(spec.stratify_by, self.plan.stratum_of[conversation_id])
-                     if self.plan else "all")
+            label = self.label(conversation_id, document)
             tally, sink = tallies[side], sinks[side]
             kept_rows, review_removed = _reviewed_rows(self.options, document)
             self.report.review_pairs_removed.update(review_removed)
@@ -414,31 +485,51 @@ class _Run:
             tally.rows_per_stratum[label] += written
             tally.add_conversation(_scaffolding_keys(document))
             self.report.enrichment_versions[str(version)] += 1
+            self.written.append((conversation_id, side))
         for name, tally in tallies.items():
             for label, rows in tally.rows_per_stratum.items():
                 self.report.strata.setdefault(label, {})[f"{name}_rows"] = rows
 
 
-def run_export(engine: Engine, options: ExportOptions, *,
-               consultant_profile: dict[str, Any]) -> dict[str, Any]:
-    """Write the export (and its validation file); the report as JSON-ready dict."""
-    options.check()
+@dataclass(frozen=True)
+class Source:
+    """The version a --from-version export rebuilds: its record and its members' splits."""
+
+    version: db_versions.StoredVersion
+    members: dict[uuid.UUID, str]
+
+
+def _counter(options: ExportOptions) -> TokenCounter | None:
     try:
-        counter = TokenCounter(options.tokenizer) if options.tokenizer else None
+        return TokenCounter(options.tokenizer) if options.tokenizer else None
     except TokenizerError as exc:
         raise ExportError(str(exc)) from exc
-    run = _Run(options, counter)
+
+
+def _version_name(engine: Engine, options: ExportOptions, name: str | None) -> str:
+    name = versions.check_name(name) if name is not None else versions.generated_name(
+        options.format)
+    with engine.connect() as conn:
+        if db_versions.name_taken(conn, name):
+            raise ExportError(f"a dataset version named {name!r} already exists: choose "
+                              "another --name (see `reenrich datasets`)")
+    return name
+
+
+def _write_files(engine: Engine, run: _Run, consultant_profile: dict[str, Any],
+                 source: Source | None) -> tuple[dict[str, Sink], dict[uuid.UUID, str | None],
+                                                 dict[db_versions.MemberState, list[uuid.UUID]]]:
+    """The snapshot: select, stream into the sinks, and read the members' hashes."""
+    options = run.options
     with engine.connect() as conn, conn.begin():
         dataset.begin_snapshot(conn)
         ids = run.select(conn)
         log.info("export.selected", conversations=run.report.conversations_in_table,
                  removed=dict(run.report.removed), sampled=None if ids is None else len(ids))
-        sinks: dict[str, _Sink] = {TRAIN: _open_sink(options, options.output,
-                                                     consultant_profile)}
+        sinks: dict[str, Sink] = {TRAIN: _open_sink(options, TRAIN, consultant_profile)}
         try:
-            if options.validation_output is not None:
-                sinks[VALIDATION] = _open_sink(options, options.validation_output,
-                                               consultant_profile)
+            if options.sampling.validation_fraction is not None:
+                sinks[VALIDATION] = _open_sink(options, VALIDATION, consultant_profile)
             run.write(conn, ids, sinks)
             for sink in sinks.values():
                 sink.close()
@@ -446,24 +537,136 @@ def run_export(engine: Engine, options: ExportOptions, *,
             for sink in sinks.values():
                 sink.abort()
             raise
+        hashes = db_versions.member_hashes(conn, [cid for cid, _ in run.written])
+        states = (db_versions.member_states(conn, source.version.version_id)
+                  if source is not None else {})
+    return sinks, hashes, states
+
+
+def _source_report(run: _Run, source: Source,
+                   states: dict[db_versions.MemberState, list[uuid.UUID]]) -> dict[str, Any]:
+    State = db_versions.MemberState
+    run.report.conversations_in_table = len(source.members)
+    run.report.removed["not_enriched"] += len(states[State.NOT_ENRICHED])
+    run.report.removed["member_missing"] += len(states[State.MISSING])
+    return {"name": source.version.name, "members": len(source.members),
+            "written": len(run.written),
+            "changed": [str(c) for c in states[State.CHANGED]],
+            "missing": [str(c) for c in states[State.MISSING]],
+            "not_enriched": [str(c) for c in states[State.NOT_ENRICHED]]}
+
+
+def _write_card(text_: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = _temp_beside(path)
+    temp.write_text(text_, encoding="utf-8")
+    os.replace(temp, path)
+
+
+def _files(options: ExportOptions, sinks: dict[str, Sink],
+           cards: list[Path]) -> list[versions.FileRecord]:
+    base = options.hub
+    records = []
+    for split, sink in sinks.items():
+        paths = sink.shards if isinstance(sink, hub.ParquetSink) else [sink.path]
+        records += [versions.file_record(p, split, base) for p in paths]
+    return records + [versions.file_record(card, None, base) for card in cards]
+
+
+def run_export(engine: Engine, options: ExportOptions, *,
+               consultant_profile: dict[str, Any], card_path: Path | None = None,
+               name: str | None = None, source: Source | None = None) -> dict[str, Any]:
+    """Write the export (its validation file, its card), record it as a dataset version;
+    the report as a JSON-ready dict."""
+    from worker.card import check_card_place, render_card
+
+    options.check()
+    check_card_place(options, card_path)
+    counter = _counter(options)
+    name = _version_name(engine, options, name)
+    run = _Run(options, counter, source.members if source is not None else None)
+    sinks, hashes, states = _write_files(engine, run, consultant_profile, source)
+    from_version = _source_report(run, source, states) if source is not None else None
     report = run.report.as_json()
-    log.info("export.done", format=options.format, output=str(options.output),
-             rows=report["rows"], conversations=report["conversations"], pairs=report["pairs"])
+    report["meta"] = options.meta
+    report["from_version"] = from_version
+    report["dataset_version"] = {"name": name, "members": len(run.written),
+                                 "contract_version": ENRICHMENT_VERSION}
+    cards = [card_path] if card_path is not None else []
+    if options.hub is not None:
+        parquet = {k: v for k, v in sinks.items() if isinstance(v, hub.ParquetSink)}
+        hub.remove_stale_shards(options.hub, [p for s in parquet.values() for p in s.shards])
+        report["hub"] = hub.split_info(parquet, options.license or "other")
+        cards = [options.hub / "README.md"]
+    for card in cards:
+        _write_card(render_card(report, card), card)
+    files = _files(options, sinks, cards)
+    _record(engine, options, report, name, files, [
+        (cid, split, hashes.get(cid)) for cid, split in run.written], source)
+    report["dataset_version"]["files"] = [
+        {"name": f.name, "path": f.path, "split": f.split, "size_bytes": f.size_bytes,
+         "sha256": f.sha256} for f in files]
+    log.info("export.done", format=options.format, output=str(options.output or options.hub),
+             rows=report["rows"], conversations=report["conversations"], pairs=report["pairs"],
+             dataset_version=name)
     return report
+
+
+def _record(engine: Engine, options: ExportOptions, report: dict[str, Any], name: str,
+            files: list[versions.FileRecord], members: list[tuple[uuid.UUID, str, str | None]],
+            source: Source | None) -> None:
+    splits = [db_versions.SplitCounts(split, s["rows"], s["conversations"], s["pairs"])
+              for split, s in report["splits"].items()]
+    record = db_versions.NewVersion(
+        name=name, format=options.format, contract_version=ENRICHMENT_VERSION,
+        options=versions.to_json(options), reenrich_version=versions.reenrich_version(),
+        from_version=source.version.name if source is not None else None,
+        splits=splits, files=files, members=members)
+    try:
+        with engine.begin() as conn:
+            db_versions.insert_version(conn, record)
+    except versions.VersionError as exc:
+        raise ExportError(f"the files are written but not recorded: {exc}") from exc
+    log.info("dataset_version.recorded", name=name, members=len(members), files=len(files))
+
+
+def from_version_options(source: db_versions.StoredVersion, *, output: Path | None,
+                         validation_output: Path | None, hub_dir: Path | None,
+                         shard_size_mb: float | None, license_id: str | None) -> ExportOptions:
+    """The recorded options of `source`, written where this export says."""
+    recorded = {k: v for k, v in source.options.items()
+                if k not in versions.PLACEMENT_FIELDS}
+    options: ExportOptions = versions.from_json(ExportOptions, {
+        **recorded, "output": output, "validation_output": validation_output, "hub": hub_dir,
+        "shard_size_mb": shard_size_mb, "license": license_id})
+    split = options.sampling.validation_fraction is not None
+    if split and hub_dir is None and validation_output is None:
+        raise ExportError(f"dataset version {source.name} has a validation split: give "
+                          "--validation-output PATH (or --hub DIR)")
+    if not split and validation_output is not None:
+        raise ExportError(f"dataset version {source.name} has no validation split: leave out "
+                          "--validation-output")
+    return options
+
+
+def load_source(engine: Engine, name: str) -> Source:
+    with engine.connect() as conn:
+        try:
+            version = db_versions.get_version(conn, name)
+        except versions.VersionError as exc:
+            raise ExportError(str(exc)) from exc
+        return Source(version, db_versions.members(conn, version.version_id))
 
 
 def export_command(engine: Engine, options: ExportOptions, *, consultant_profile: dict[str, Any],
                    report_path: Path | None, card_path: Path | None,
-                   out: Callable[[str], None]) -> int:
-    """`reenrich export`: write the files, the report and the card; print the short report."""
-    from worker.card import render_card
-
-    report = run_export(engine, options, consultant_profile=consultant_profile)
+                   out: Callable[[str], None], name: str | None = None,
+                   source: Source | None = None) -> int:
+    """`reenrich export`: write the files, the card, the report; print the short report."""
+    report = run_export(engine, options, consultant_profile=consultant_profile,
+                        card_path=card_path, name=name, source=source)
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
-    if card_path is not None:
-        card_path.parent.mkdir(parents=True, exist_ok=True)
-        card_path.write_text(render_card(report, card_path), encoding="utf-8")
     print_short(report, out)
     return 0

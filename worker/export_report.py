@@ -25,9 +25,9 @@ SHORTFALL_LISTED = 8  # strata named in the printed short report
 
 # The order reasons are listed in (filters first, in the order they apply).
 REMOVAL_ORDER = ("since", "until", "not_enriched", "persona", "arc", "topic",
-                 "missing_scaffolding", "tier", "min_quality", "failed", "stratum_key_null",
-                 "not_sampled", "no_assistant_pair", "roles_not_alternating", "empty_content",
-                 "review", "over_max_tokens")
+                 "missing_scaffolding", "tier", "rejected_tier", "min_quality", "failed",
+                 "stratum_key_null", "not_sampled", "member_missing", "no_assistant_pair",
+                 "roles_not_alternating", "empty_content", "review", "over_max_tokens")
 
 
 class TokenizerError(Exception):
@@ -70,6 +70,33 @@ def summarize(values: array[int]) -> dict[str, int] | None:
         return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
 
     return {"min": ordered[0], "median": rank(0.5), "p95": rank(0.95), "max": ordered[-1]}
+
+
+SEQUENCE_STEP = 256  # recommended sequence lengths are multiples of this
+# Token counts leave out the special tokens a chat template adds around each
+# message: a row needs about this much more room (5% and 32 tokens).
+TEMPLATE_SHARE, TEMPLATE_TOKENS = 0.05, 32
+
+
+def _room(tokens: int) -> int:
+    return math.ceil(tokens * (1 + TEMPLATE_SHARE)) + TEMPLATE_TOKENS
+
+
+def _step_up(tokens: int) -> int:
+    return -(-tokens // SEQUENCE_STEP) * SEQUENCE_STEP
+
+
+def sequence_length(totals: array[int]) -> dict[str, int] | None:
+    """The sequence length to train with: the p95 row's tokens and a chat template's room,
+    up to a multiple of SEQUENCE_STEP; how many rows it would cut, and what covers all."""
+    summary = summarize(totals)
+    if summary is None:
+        return None
+    recommended = _step_up(_room(summary["p95"]))
+    return {"p95_tokens": summary["p95"], "max_tokens": summary["max"],
+            "recommended": recommended,
+            "rows_longer": sum(1 for v in totals if _room(v) > recommended),
+            "covers_every_row": _step_up(_room(summary["max"]))}
 
 
 @dataclass
@@ -170,6 +197,7 @@ class ExportReport:
             "max_tokens": self.max_tokens,
             "rows_over_max_tokens": self.rows_over_max_tokens if self.max_tokens else None,
             "rows_dropped_over_max_tokens": self.rows_dropped_over_max_tokens,
+            "sequence_length": sequence_length(self.tokens.total) if self.tokens else None,
             "enrichment_versions": dict(sorted(self.enrichment_versions.items())),
             "review": {"rules": self.review_rules,
                        "pairs_removed": {k: self.review_pairs_removed[k] for k in REVIEW_ORDER
@@ -194,6 +222,9 @@ def print_short(report: dict[str, Any], out: Callable[[str], None]) -> None:
     if review:
         out("removed by review: " + ", ".join(f"{k} {v}" for k, v in review.items())
             + " assistant pair(s)")
+    if report["removed"].get("rejected_tier"):
+        out(f"left out {report['removed']['rejected_tier']} conversations of quality tier "
+            "rejected (keep them with --include-rejected-tier)")
     strata = report["strata"]
     if report["sampling"].get("stratify_by") or report["sampling"].get("per_stratum"):
         shortfall = list(report["shortfall"].items())
@@ -213,3 +244,21 @@ def print_short(report: dict[str, Any], out: Callable[[str], None]) -> None:
             if report["rows_dropped_over_max_tokens"]:
                 line += f" ({report['rows_dropped_over_max_tokens']} dropped)"
         out(line)
+    sequence = report.get("sequence_length")
+    if sequence:
+        out(f"sequence length: {sequence['recommended']} covers the p95 row "
+            f"({sequence['p95_tokens']} tokens; {sequence['rows_longer']} rows longer); "
+            f"{sequence['covers_every_row']} covers every row (max {sequence['max_tokens']})")
+    _print_version(report, out)
+
+
+def _print_version(report: dict[str, Any], out: Callable[[str], None]) -> None:
+    source = report.get("from_version")
+    if source:
+        out(f"from dataset version {source['name']}: {source['members']} members, "
+            f"{len(source['changed'])} changed since, {len(source['missing'])} no longer "
+            f"exist, {len(source['not_enriched'])} not enriched now")
+    version = report.get("dataset_version")
+    if version:
+        out(f"dataset version: {version['name']} ({version['members']} conversations, "
+            f"contract version {version['contract_version']})")

@@ -27,6 +27,7 @@ STREAM_BATCH = 100  # documents per fetch (~50 kB each)
 SELECTION_BATCH = 5000
 
 QUALITY_TIERS = ("seed_dataset", "production", "experimental", "rejected")
+REJECTED_TIER = "rejected"
 DEFAULT_QUALITY_SCORE = 3.0  # the contract's score for a row without one
 
 
@@ -43,6 +44,9 @@ class DatasetFilters:
     until: datetime | None = None
     require_scaffolding: bool = False
     exclude_failed: bool = False
+    # Quality tier `rejected` is left out unless kept (`--include-rejected-tier`) or
+    # asked for by name (`--tier rejected`).
+    include_rejected_tier: bool = False
 
     def params(self) -> dict[str, Any]:
         return {
@@ -55,6 +59,8 @@ class DatasetFilters:
             "until": self.until,
             "require_scaffolding": self.require_scaffolding,
             "exclude_failed": self.exclude_failed,
+            "exclude_rejected_tier": not self.include_rejected_tier
+                                     and REJECTED_TIER not in self.tiers,
             "default_score": DEFAULT_QUALITY_SCORE,
         }
 
@@ -75,6 +81,8 @@ class DatasetFilters:
             out["require_scaffolding"] = True
         if self.exclude_failed:
             out["exclude_failed"] = True
+        if self.include_rejected_tier:
+            out["include_rejected_tier"] = True
         return out
 
 
@@ -121,6 +129,7 @@ CASE
        THEN 'missing_scaffolding'
   WHEN CAST(:tiers AS text[]) IS NOT NULL
        AND NOT COALESCE(s.tier = ANY(CAST(:tiers AS text[])), false) THEN 'tier'
+  WHEN CAST(:exclude_rejected_tier AS boolean) AND s.tier = 'rejected' THEN 'rejected_tier'
   WHEN CAST(:min_quality AS double precision) IS NOT NULL
        AND s.quality < CAST(:min_quality AS double precision) THEN 'min_quality'
   WHEN CAST(:exclude_failed AS boolean) AND s.open_failure THEN 'failed'

@@ -1,0 +1,93 @@
+"""`reenrich datasets`: list, show, diff and verify dataset versions (text or JSON)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from worker.db import versions as db_versions
+from worker.versions import FileCheck, diff_members, locate, print_diff, verify_files
+
+Out = Callable[[str], None]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _splits(version: db_versions.StoredVersion) -> str:
+    return ", ".join(f"{s.split} {s.rows} rows / {s.conversations} conversations"
+                     for s in version.splits) or "no splits"
+
+
+def list_versions(engine: Engine, *, as_json: bool, out: Out) -> int:
+    with engine.connect() as conn:
+        found = db_versions.list_versions(conn)
+    if as_json:
+        out(_dumps([v.as_json() for v in found]))
+        return 0
+    if not found:
+        out("no dataset versions yet: every `reenrich export` that writes files records one")
+    for v in found:
+        source = f", from {v.from_version}" if v.from_version else ""
+        out(f"{v.name}  {v.created_at.isoformat(timespec='seconds')}  {v.format}  "
+            f"contract {v.contract_version}  {v.members} conversations  "
+            f"({_splits(v)}){source}")
+    return 0
+
+
+def show_version(engine: Engine, name: str, *, as_json: bool, out: Out) -> int:
+    with engine.connect() as conn:
+        version = db_versions.get_version(conn, name)
+    data = version.as_json()
+    if as_json:
+        out(_dumps(data))
+        return 0
+    out(f"{version.name}: {version.format}, {version.members} conversations, contract "
+        f"version {version.contract_version}, reenrich {version.reenrich_version}, created "
+        f"{version.created_at.isoformat(timespec='seconds')}"
+        + (f", rebuilt from {version.from_version}" if version.from_version else ""))
+    for s in version.splits:
+        out(f"  {s.split}: {s.rows} rows, {s.conversations} conversations, {s.pairs} pairs")
+    out("files:")
+    for f in version.files:
+        out(f"  {f.sha256}  {f.size_bytes:>12}  {f.name}  ({f.path})")
+    out("options: " + _dumps(version.options))
+    return 0
+
+
+def diff_versions(engine: Engine, a: str, b: str, *, as_json: bool, out: Out) -> int:
+    with engine.connect() as conn:
+        first, second = db_versions.get_version(conn, a), db_versions.get_version(conn, b)
+        diff = diff_members(a, b, db_versions.diff_pairs(conn, first.version_id,
+                                                         second.version_id))
+    if as_json:
+        out(_dumps(diff.as_json()))
+    else:
+        print_diff(diff, out)
+    return 0
+
+
+def verify_version(engine: Engine, name: str, paths: list[Path], *, as_json: bool,
+                   out: Out) -> int:
+    """Exit 1 when any file differs from its recorded SHA-256 or is missing."""
+    with engine.connect() as conn:
+        version = db_versions.get_version(conn, name)
+    results = verify_files(locate(version.files, paths))
+    bad = [r for r in results if r.outcome is not FileCheck.OK]
+    if as_json:
+        out(_dumps({"name": name, "ok": not bad, "files": [
+            {"name": r.name, "path": r.path, "outcome": str(r.outcome), "expected": r.expected,
+             "actual": r.actual} for r in results]}))
+    else:
+        for r in results:
+            detail = "" if r.outcome is FileCheck.OK else (
+                f" (recorded {r.expected}, found {r.actual or 'no file'})")
+            out(f"{r.outcome.upper():8} {r.name}  {r.path}{detail}")
+        out(f"{name}: {len(results) - len(bad)} of {len(results)} files match"
+            + (f", {len(bad)} differ or are missing" if bad else ""))
+    return 1 if bad else 0
