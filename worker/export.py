@@ -8,7 +8,10 @@ Two passes inside one read-only snapshot:
    created_at then conversation_id, turned into rows (`formats`) and
    written as they come.
 Files are written beside their final path and renamed into place when
-complete, so a failed export never leaves a half-written file behind.
+complete, so a failed export never leaves a half-written file behind. The
+paths are checked before anything is read (a directory, a folder that cannot
+be created or written), and an export that selects no rows writes nothing and
+fails, naming what removed everything, unless `allow_empty`.
 Formats whose head depends on the whole body (`brightrun-v4 --meta`,
 `full-json`) spool the body to a temporary file first: memory stays flat.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +36,7 @@ from worker.contract import dumps, in_contract_order
 from worker.db import dataset
 from worker.db.dataset import DatasetFilters
 from worker.enrich import round_half_up
+from worker.errors import ReenrichError, UsageError
 from worker.export_report import (
     ExportReport,
     Lengths,
@@ -48,8 +52,46 @@ log = structlog.get_logger("reenrich.export")
 TRAIN, VALIDATION = "train", "validation"
 
 
-class ExportError(Exception):
+class ExportError(ReenrichError):
     """The export cannot run as asked; the message says what to change."""
+
+
+class ExportUsageError(ExportError, UsageError):
+    """The export's flags do not fit together (exit status 2); found before any work."""
+
+
+class EmptyExport(ExportError):
+    """The filters and sampling left no row; nothing was written."""
+
+
+# What to look at when a removal reason took everything.
+REMOVAL_HINTS = {
+    "not_enriched": "run `reenrich backfill` first",
+    "persona": "--persona", "arc": "--arc", "topic": "--topic",
+    "since": "--since", "until": "--until", "tier": "--tier", "min_quality": "--min-quality",
+    "missing_scaffolding": "--require-scaffolding", "failed": "--exclude-failed",
+    "stratum_key_null": "--stratify-by: a key is null", "not_sampled": "--per-stratum/--balance",
+    "over_max_tokens": "--max-tokens with --drop-over-max",
+}
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """`path` can be written: not a directory, its folder exists (made now) and takes files."""
+    if path.is_dir():
+        raise ExportError(f"{flag} {path} is a directory: give a file path "
+                          f"(e.g. {path / 'train.jsonl'})")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"{flag} {path}: cannot create the folder {folder}: "
+                          f"{exc.strerror or exc}") from exc
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ExportError(f"{flag} {path}: cannot write into {folder}: "
+                          f"{exc.strerror or exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -66,40 +108,55 @@ class ExportOptions:
     tokenizer: Path | None = None
     max_tokens: int | None = None
     drop_over_max: bool = False
+    allow_empty: bool = False  # write an empty file instead of failing when nothing is selected
 
     def check(self) -> None:
+        """The flags fit together (ExportUsageError, exit 2); nothing is touched."""
         fmt = self.format
+        usage = ExportUsageError
         if fmt not in formats.FORMATS:
-            raise ExportError(f"unknown format {fmt!r}: use one of {', '.join(formats.FORMATS)}")
+            raise usage(f"unknown format {fmt!r}: use one of {', '.join(formats.FORMATS)}")
         if self.condition not in ("none", "system"):
-            raise ExportError(f"--condition is none or system, got {self.condition!r}")
+            raise usage(f"--condition is none or system, got {self.condition!r}")
         messages = fmt in ("chat", "prompt-completion")
         if self.condition != "none" and not messages:
-            raise ExportError("--condition applies to chat and prompt-completion only")
+            raise usage(f"--condition applies to chat and prompt-completion only (not {fmt})")
         if self.strip_metadata and not messages:
-            raise ExportError("--strip-metadata applies to chat and prompt-completion only "
-                              f"({fmt} writes the stored pairs as they are)")
+            raise usage("--strip-metadata applies to chat and prompt-completion only "
+                        f"({fmt} writes the stored pairs as they are)")
         if self.meta and fmt != "brightrun-v4":
-            raise ExportError("--meta applies to brightrun-v4 only")
+            raise usage("--meta applies to brightrun-v4 only")
         if self.target_model is not None and fmt != "full-json":
-            raise ExportError("--target-model applies to full-json only")
+            raise usage("--target-model applies to full-json only")
         try:
             self.sampling.check()
         except SamplingError as exc:
-            raise ExportError(str(exc)) from exc
+            raise usage(str(exc)) from exc
         split, where = self.sampling.validation_fraction is not None, self.validation_output
         if split and where is None:
-            raise ExportError("--split-validation needs --validation-output PATH")
+            raise usage("--split-validation needs --validation-output PATH")
         if where is not None and not split:
-            raise ExportError("--validation-output needs --split-validation F")
+            raise usage("--validation-output needs --split-validation F")
         if where is not None and where.resolve() == self.output.resolve():
-            raise ExportError("--validation-output must differ from --output")
+            raise usage("--validation-output must differ from --output")
         if self.max_tokens is not None and self.tokenizer is None:
-            raise ExportError("--max-tokens needs --tokenizer PATH (a local tokenizer.json)")
+            raise usage("--max-tokens needs --tokenizer PATH (a local tokenizer.json)")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise ExportError("--max-tokens must be at least 1")
+            raise usage("--max-tokens must be at least 1")
         if self.drop_over_max and self.max_tokens is None:
-            raise ExportError("--drop-over-max needs --max-tokens N")
+            raise usage("--drop-over-max needs --max-tokens N")
+
+    def check_paths(self, extra: Mapping[str, Path | None] | None = None) -> None:
+        """Every file the export writes can be written (ExportError), before any reading.
+
+        `extra`: more files by flag (`--report`, `--card`).
+        """
+        paths: dict[str, Path | None] = {"--output": self.output,
+                                         "--validation-output": self.validation_output,
+                                         **(extra or {})}
+        for flag, path in paths.items():
+            if path is not None:
+                check_writable(path, flag)
 
     def sampling_json(self) -> dict[str, Any]:
         spec = self.sampling
@@ -395,6 +452,7 @@ def run_export(engine: Engine, options: ExportOptions, *,
                consultant_profile: dict[str, Any]) -> dict[str, Any]:
     """Write the export (and its validation file); the report as JSON-ready dict."""
     options.check()
+    options.check_paths()
     try:
         counter = TokenCounter(options.tokenizer) if options.tokenizer else None
     except TokenizerError as exc:
@@ -412,16 +470,47 @@ def run_export(engine: Engine, options: ExportOptions, *,
                 sinks[VALIDATION] = _open_sink(options, options.validation_output,
                                                consultant_profile)
             run.write(conn, ids, sinks)
+            if not options.allow_empty and not sum(s.rows for s in sinks.values()):
+                raise EmptyExport(_nothing_selected(run.report))
             for sink in sinks.values():
                 sink.close()
         except BaseException:
             for sink in sinks.values():
                 sink.abort()
             raise
+    _warn_empty_validation(run.report)
     report = run.report.as_json()
     log.info("export.done", format=options.format, output=str(options.output),
              rows=report["rows"], conversations=report["conversations"], pairs=report["pairs"])
     return report
+
+
+def _nothing_selected(report: ExportReport) -> str:
+    """Why an export selected no row: each removal, with the flag or step to look at."""
+    total = report.conversations_in_table
+    if total == 0:
+        return ("nothing to export: the database has no conversations (import some with "
+                "`reenrich import FILE`); no file was written (--allow-empty writes an empty one)")
+    removed = report.as_json()["removed"]
+    reasons = ", ".join(f"{reason} {count}" + (f" ({REMOVAL_HINTS[reason]})"
+                                                if reason in REMOVAL_HINTS else "")
+                        for reason, count in removed.items())
+    return (f"nothing to export: of {total} conversation(s) none is left; removed by "
+            f"{reasons or 'nothing'}; no file was written (--allow-empty writes an empty one)")
+
+
+def _warn_empty_validation(report: ExportReport) -> None:
+    """An empty validation split is a warning naming the strata too small to split."""
+    split = report.splits.get(VALIDATION)
+    if split is None or split.rows or not report.total("rows"):
+        return
+    small = [f"{label} ({stratum.get('picked', 0)})" for label, stratum in report.strata.items()
+             if not stratum.get("validation_rows")]
+    log.warning("export.validation_empty", path=split.path, strata=small[:20],
+                more_strata=max(0, len(small) - 20),
+                message="the validation split is empty: a stratum needs at least 2 "
+                        "conversations to give one to validation; these have fewer (or "
+                        "lost theirs to filters): " + ", ".join(small[:20]))
 
 
 def export_command(engine: Engine, options: ExportOptions, *, consultant_profile: dict[str, Any],
@@ -430,6 +519,7 @@ def export_command(engine: Engine, options: ExportOptions, *, consultant_profile
     """`reenrich export`: write the files, the report and the card; print the short report."""
     from worker.card import render_card
 
+    options.check_paths({"--report": report_path, "--card": card_path})
     report = run_export(engine, options, consultant_profile=consultant_profile)
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
