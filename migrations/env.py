@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from logging.config import fileConfig
+
 from alembic import context
 from sqlalchemy import Connection, text
 
@@ -41,6 +44,11 @@ def run_migrations_online() -> None:
     finally:
         engine.dispose()
 
+
+# Run by the `alembic` command (alembic.ini): its [loggers] put Alembic's lines on stderr.
+# Run by `reenrich migrate` there is no file and reenrich's own logging is in place.
+if context.config.config_file_name is not None and not logging.getLogger().handlers:
+    fileConfig(context.config.config_file_name, disable_existing_loggers=False)
 
 if context.is_offline_mode():
     raise SystemExit("reenrich migrations run online only: set DATABASE_URL or use the embedded database")

@@ -92,7 +92,9 @@ def test_demo_on_a_fresh_embedded_database(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"embedded PostgreSQL in {tmp_path / 'data'}" in out
-    assert "failed 6" in out and "finished_with_failures" in out
+    # The run reached the end with 6 failed rows: stored and shown as such.
+    assert re.search(r"backfill run \S+: finished_with_failures; .*failed 6", out)
+    assert "created a new, empty embedded database" in result.stderr
     document = json.loads(out.split("):\n", 1)[1])
     meta = document["training_pairs"][0]["conversation_metadata"]
     assert meta["persona_archetype"] == "clarity_seeker"
@@ -103,3 +105,77 @@ def test_demo_on_a_fresh_embedded_database(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0, again.stderr
     assert "updated 0, unchanged 38, failed 6" in again.stdout
+    assert "created a new" not in again.stderr
+
+
+# ------------------------------------------------------------------ the README as a user guide
+
+
+def _readme_section(title: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme.split(f"\n{title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_leads_a_newcomer_from_zero_to_a_training_file() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for needed in ("Python 3.11", "source .venv/bin/activate", ".venv/bin/reenrich",
+                   "export DATABASE_URL=postgresql://", "docker compose up -d",
+                   "reenrich migrate", "reenrich import my-data.json", "reenrich backfill",
+                   "reenrich export --format chat", "load_dataset", "## Upgrading",
+                   "## The embedded database", "/var/lib/reenrich", "REENRICH_DATA_DIR"):
+        assert needed in readme, needed
+    steps = _readme_section("## From your own data to a training file")
+    assert steps.index("reenrich migrate") < steps.index("reenrich import") \
+        < steps.index("reenrich backfill") < steps.index("reenrich export")
+    # Reference material lives in docs/, linked from the README.
+    for moved in ("## Performance", "## How it is built", "## Database", "py-spy"):
+        assert moved not in readme, moved
+    assert "| a backfill, 1 worker |" in (ROOT / "docs" / "performance.md").read_text()
+
+
+def test_readme_import_example_imports_and_is_enriched(db_url: str, tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    steps = _readme_section("## From your own data to a training file")
+    example = re.findall(r"```json\n(.*?)```", steps, re.S)
+    assert len(example) == 1
+    bundle = json.loads(example[0])
+    (conversation,) = bundle["conversations"]
+    assert "input_parameters" not in conversation["parsed_json"]  # the generator's document
+    path = tmp_path / "my-data.json"
+    path.write_text(example[0])
+    imported = run_cli(db_url, "import", str(path))
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    assert "0 record(s) failed" in imported.stdout
+    backfill = run_cli(db_url, "backfill")
+    assert backfill.returncode == 0, backfill.stderr
+    assert "processed 1 of 1, updated 1, unchanged 0, failed 0" in backfill.stdout
+    shown = run_cli(db_url, "show", conversation["conversation_id"])
+    meta = json.loads(shown.stdout)["training_pairs"][0]["conversation_metadata"]
+    assert (meta["persona_archetype"], meta["emotional_arc_key"], meta["training_topic_key"]) \
+        == (conversation["persona_key"], conversation["emotional_arc_key"],
+            conversation["training_topic_key"])
+
+
+def test_readme_exit_statuses_are_the_codes_the_cli_uses() -> None:
+    from worker import errors
+
+    table = _readme_section("### Exit statuses")
+    rows = dict(re.findall(r"^\| (\d+) \| (.*) \|$", table, re.M))
+    assert {int(code) for code in rows} == {
+        errors.EXIT_OK, errors.EXIT_ERROR, errors.EXIT_USAGE, errors.EXIT_ROWS_FAILED,
+        errors.EXIT_RUN_BUSY, errors.EXIT_CANCELLED, errors.EXIT_INTERRUPTED}
+    assert "cancelled" in rows["5"] and "finished_with_failures" in rows["3"]
+    assert "usage" in rows["2"] and "nothing was done" in rows["2"]
+    assert "exit statuses: 0 done; 1 error; 2 usage error" in " ".join(
+        build_parser().format_help().split())
+
+
+def test_every_relative_link_in_the_readme_and_docs_exists() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(pages) > 3
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target:
+                continue
+            assert (page.parent / target).exists(), (page.name, target)

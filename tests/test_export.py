@@ -491,7 +491,7 @@ def test_options_that_do_not_fit_are_refused_before_anything_is_written(
         db_url: str, tmp_path: Path, engine: Engine, config: EnrichmentConfig) -> None:
     out = tmp_path / "x.jsonl"
     result = run_cli(db_url, "export", "--output", str(out), "--format", "chat", "--balance")
-    assert result.returncode == 1 and "--balance needs --stratify-by" in result.stderr
+    assert result.returncode == 2 and "--balance needs --stratify-by" in result.stderr
     cases: list[tuple[dict[str, Any], str]] = [
         ({"sampling": SamplingSpec(validation_fraction=0.1)}, "--validation-output"),
         ({"validation_output": out}, "--split-validation"),

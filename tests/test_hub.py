@@ -190,7 +190,7 @@ def test_refusals_card_away_from_data_and_hub_formats(
     out, card = tmp_path / "data" / "train.jsonl", tmp_path / "cards" / "README.md"
     result = run_cli(db_url, "export", "--format", "chat", "--output", str(out),
                      "--card", str(card))
-    assert result.returncode == 1 and "cannot reach ../ paths" in result.stderr
+    assert result.returncode == 2 and "cannot reach ../ paths" in result.stderr
     assert not out.exists() and not card.exists()
     hub = tmp_path / "hub"
     for args, message in (
@@ -201,7 +201,7 @@ def test_refusals_card_away_from_data_and_hub_formats(
             (["--format", "chat", "--hub", str(hub), "--license", "a b"], "not a license id"),
             (["--format", "chat"], "--output PATH")):
         result = run_cli(db_url, "export", *args)
-        assert result.returncode == 1, args
+        assert result.returncode == 2, (args, result.stderr)  # usage errors, before any work
         assert message in result.stderr, (args, result.stderr)
     assert not hub.exists() and not out.exists()
     with engine.connect() as conn:

@@ -303,11 +303,11 @@ def test_version_one_rows_are_re_enriched(engine: Engine, tmp_path: Path,
                 "enrichment_version = 1, enrichment_input_hash = 'v1', enriched_hash = 'v1' "
                 "WHERE conversation_id = :id"), {"doc": json.dumps(document), "id": cid})
     status = run_cli(db_url, "status")
-    assert "version 1: 5" in status.stdout and "5 to re-enrich" in status.stdout
+    assert "v1: 5" in status.stdout and "5 row(s) behind" in status.stdout
     run = run_backfill(engine, Processor(config), BackfillOptions(), threading.Event())
     assert run.updated == 5
     status = run_cli(db_url, "status")
-    assert "version 2: 5" in status.stdout and "0 to re-enrich" in status.stdout
+    assert "v2: 5" in status.stdout and "behind" not in status.stdout
     for cid, document in stored(engine):
         assert all(p["id"].endswith(f"_{cid}") and "review_status" in p["training_metadata"]
                    for p in document["training_pairs"])

@@ -28,7 +28,15 @@ from worker import batch
 from worker.db import checkpoints, repository
 from worker.db.checkpoints import LeaseLost, Run, Slice
 from worker.db.repository import Filters, Limits
-from worker.errors import DatabaseError, ReenrichError
+from worker.errors import (
+    EXIT_CANCELLED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_ROWS_FAILED,
+    EXIT_RUN_BUSY,
+    DatabaseError,
+    ReenrichError,
+)
 from worker.follow import backoff_seconds, is_connection_error
 from worker.pacing import Pacer
 from worker.processing import FAILED, PageOutcome, Processor
@@ -37,11 +45,6 @@ from worker.run_state import FINISHED, RunStatus
 
 log = structlog.get_logger("reenrich.backfill")
 
-EXIT_OK = 0
-EXIT_ROWS_FAILED = 3
-EXIT_RUN_BUSY = 4
-EXIT_INTERRUPTED = 130
-EXIT_CANCELLED = 5
 SLICES_PER_WORKER = 4
 UUID_SPACE = 1 << 128
 
@@ -49,7 +52,7 @@ UUID_SPACE = 1 << 128
 class RunBusy(ReenrichError):
     """Every unfinished part of this run is held by another live process."""
 
-    exit_code = 4
+    exit_code = EXIT_RUN_BUSY
 
 
 class DatabaseGone(DatabaseError):

@@ -61,17 +61,17 @@ def _relative(path: str, card: Path) -> str:
 
 def check_card_place(options: ExportOptions, card: Path | None) -> None:
     """Refuse a card its data files are not under (its paths would need `../`)."""
-    from worker.export import ExportError
+    from worker.export import ExportUsageError
 
     if card is None:
         return
     if options.hub is not None:
-        raise ExportError("--hub DIR writes its card as DIR/README.md: leave out --card")
+        raise ExportUsageError("--hub DIR writes its card as DIR/README.md: leave out --card")
     for path in (options.output, options.validation_output):
         if path is not None and _relative(str(path), card).startswith("../"):
-            raise ExportError(f"--card {card} is not in the folder of {path}: a Hub repository "
-                              "cannot reach ../ paths; put the card in that folder (or one "
-                              "above it), or use --hub DIR")
+            raise ExportUsageError(f"--card {card} is not in the folder of {path}: a Hub "
+                                   "repository cannot reach ../ paths; put the card in that "
+                                   "folder (or one above it), or use --hub DIR")
 
 
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")

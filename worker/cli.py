@@ -1,36 +1,58 @@
 """The `reenrich` command: parse -> settings -> logging -> one loop -> exit code.
 
 stdout carries what a command prints for people and pipes (JSON, JSON Lines,
-tables); every log line goes to stderr.
+tables); every log line goes to stderr. Every mistake a user can make ends in
+one line on stderr (`reenrich: ...`) and an exit status from the README's
+table: flags are checked before any work (exit 2), errors the project raises
+are `ReenrichError`s, and driver errors become one `DatabaseError` line in
+`main` (see worker.db.engine.database_error). A traceback is printed only with
+`--log-level debug`.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import math
+import os
 import signal
 import sys
 import threading
+import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
 from sqlalchemy import Engine, text
 
-from worker import logs
-from worker.config import ConfigError, Settings, load_enrichment_config, load_settings
+from worker import __version__, logs
+from worker.config import LOG_LEVELS, Settings, load_enrichment_config, load_settings
 from worker.db import engine as db_engine
 from worker.db import migrate as db_migrate
-from worker.errors import ReenrichError
+from worker.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_RUN_BUSY,
+    EXIT_USAGE,
+    ConfirmationRequired,
+    FileError,
+    ReenrichError,
+    UsageError,
+)
 
 log = structlog.get_logger("reenrich.cli")
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+__all__ = ["EXIT_ERROR", "EXIT_USAGE", "CommandError", "build_parser", "main"]
+
+MAX_BATCH_SIZE = 100_000  # as REENRICH_BATCH_SIZE allows
+KEY_LABELS = {"persona": "persona", "arc": "emotional arc", "topic": "training topic"}
+LISTED_KEYS = 20
 
 
-class CommandError(Exception):
+class CommandError(ReenrichError):
     """A command cannot go on; the message says what to do. Exit status 1."""
 
 
@@ -52,6 +74,23 @@ class Context:
     def embedded(self) -> bool:
         return not self.settings.database_url
 
+    def url_for_errors(self) -> str | None:
+        """The URL a failed connection went to, without starting anything."""
+        if self._url is not None:
+            return self._url
+        try:
+            return db_engine.normalize_url(self.settings.database_url) \
+                if self.settings.database_url else None
+        except ReenrichError:
+            return None
+
+    def database(self) -> str:
+        """Which database this is, for messages (never a password)."""
+        if self.embedded:
+            return f"the embedded database in {self.settings.data_dir.resolve()}"
+        where = db_engine.target(self.url_for_errors())
+        return f"DATABASE_URL ({where.where()})" if where else "DATABASE_URL"
+
     def engine(self, *, migrated: bool = True) -> Engine:
         if self._engine is None:
             self._engine = db_engine.make_engine(self.url)
@@ -62,10 +101,7 @@ class Context:
     def _check_schema(self, engine: Engine) -> None:
         head = db_migrate.SCHEMA_HEAD
         with engine.connect() as conn:
-            have = conn.execute(text(
-                "SELECT to_regclass('alembic_version') IS NOT NULL")).scalar_one()
-            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-                if have else None
+            current = db_migrate.current_revision(conn)
         if current == head:
             return
         if self.embedded:
@@ -79,6 +115,9 @@ class Context:
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
+
+
+# ------------------------------------------------------------------ argument types
 
 
 def parse_when(value: str, *, end: bool = False) -> datetime:
@@ -101,24 +140,86 @@ def parse_uuid(value: str) -> uuid.UUID:
         raise argparse.ArgumentTypeError(f"{value!r} is not a UUID") from exc
 
 
-def parse_positive(value: str) -> float:
+def _number(value: str) -> float | None:
     try:
         number = float(value)
     except ValueError:
-        number = 0.0
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number")
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parse_positive(value: str) -> float:
+    number = _number(value)
+    if number is None or not number > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number above 0")
     return number
 
 
-def parse_count(value: str) -> int:
+def parse_non_negative(value: str) -> float:
+    number = _number(value)
+    if number is None or number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of at least 0")
+    return number
+
+
+def parse_fraction(value: str) -> float:
+    number = _number(value)
+    if number is None or not 0 < number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a fraction between 0 and 1 "
+                                         "(exclusive), e.g. 0.1")
+    return number
+
+
+def parse_quality(value: str) -> float:
+    number = _number(value)
+    if number is None or not 1 <= number <= 5:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a quality score from 1 to 5")
+    return number
+
+
+def parse_count(value: str, *, most: int | None = None) -> int:
     try:
         number = int(value)
     except ValueError:
         number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    if number < 1 or (most is not None and number > most):
+        upper = f" and at most {most:,}" if most is not None else ""
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a whole number of at least 1{upper}")
     return number
+
+
+def parse_batch_size(value: str) -> int:
+    return parse_count(value, most=MAX_BATCH_SIZE)
+
+
+def parse_level(value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a log level: use {', '.join(LOG_LEVELS).lower()}")
+    return value.upper()
+
+
+def _fields(value: str) -> tuple[str, ...]:
+    from worker.sampling import SamplingError, parse_stratify_by
+
+    try:
+        return parse_stratify_by(value)
+    except SamplingError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _by(value: str) -> tuple[str, ...]:
+    from worker.sampling import SamplingError
+    from worker.stats import parse_by
+
+    try:
+        return parse_by(value)
+    except SamplingError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+# ------------------------------------------------------------------ helpers
 
 
 def install_stop_handlers(stop: threading.Event) -> None:
@@ -140,27 +241,75 @@ def _write(line: str | bytes) -> None:
         sys.stdout.write(line + "\n")
 
 
+def check_keys(engine: Engine, **wanted: Sequence[str]) -> None:
+    """Every --persona/--arc/--topic key exists (UsageError with the known keys otherwise)."""
+    from worker.db import dataset
+
+    if not any(wanted.values()):
+        return
+    with engine.connect() as conn:
+        known = dataset.known_keys(conn)
+    for kind, keys in wanted.items():
+        names = known.get(kind, [])
+        for key in keys:
+            if key in names:
+                continue
+            close = difflib.get_close_matches(key, names, n=1)
+            listed = ", ".join(names[:LISTED_KEYS]) + (
+                f" (+{len(names) - LISTED_KEYS} more)" if len(names) > LISTED_KEYS else "")
+            raise UsageError(
+                f"--{kind} {key!r}: no {KEY_LABELS[kind]} has that key"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f"; known keys: {listed or 'none yet (import the scaffolding first)'}")
+
+
+def _confirm(question: str) -> bool:
+    """Ask on the terminal; False when there is none to ask on."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    try:
+        return sys.stdin.readline().strip().lower() == "yes"
+    except (EOFError, KeyboardInterrupt):
+        return False
+
+
 # ------------------------------------------------------------------ commands
 
 
 def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
-    if args.downgrade:
-        db_migrate.downgrade(ctx.url, args.downgrade)
-    else:
+    if not args.downgrade:
         db_migrate.upgrade(ctx.url, "head")
-    log.info("migrate.done", revision=args.downgrade or db_migrate.SCHEMA_HEAD)
+        log.info("migrate.done", revision=db_migrate.SCHEMA_HEAD)
+        _write(f"database schema at {db_migrate.SCHEMA_HEAD} (head)")
+        return 0
+    with ctx.engine(migrated=False).connect() as conn:
+        plan = db_migrate.downgrade_plan(conn, args.downgrade)
+    if plan.current is None:
+        raise CommandError(f"{ctx.database()} has no reenrich schema: nothing to downgrade")
+    if plan.rows_lost and not args.yes:
+        question = f"{plan.describe()}.\nType yes to drop them: "
+        if not _confirm(question):
+            raise ConfirmationRequired(f"{plan.describe()}; nothing was changed: add --yes to "
+                                       "drop them (back them up first: pg_dump)")
+    db_migrate.downgrade(ctx.url, args.downgrade)
+    log.info("migrate.done", revision=plan.target, dropped=list(plan.rows),
+             rows_dropped=plan.rows_lost)
+    dropped = f"; dropped {', '.join(plan.rows)}" if plan.rows else ""
+    _write(f"database schema downgraded from {plan.current} to {plan.target}{dropped}")
     return 0
 
 
 def cmd_import(args: argparse.Namespace, ctx: Context) -> int:
-    from pathlib import Path
+    from worker.importer import import_path
 
-    from worker.importer import ImportFileError, import_path
-
-    try:
-        summary = import_path(ctx.engine(), Path(args.path))
-    except ImportFileError as exc:
-        raise CommandError(str(exc)) from exc
+    path = Path(args.path)
+    if path.is_dir():
+        raise FileError(f"{path} is a directory: give a .json bundle or a .jsonl file")
+    if not path.exists():
+        raise FileError(f"{path} does not exist")
+    summary = import_path(ctx.engine(), path)
     counts = ", ".join(f"{k}={v}" for k, v in sorted(summary.counts.items())) or "nothing"
     _write(f"imported {args.path}: {counts}; {summary.failed} record(s) failed, "
            f"{len(summary.warnings)} warning(s)")
@@ -201,24 +350,65 @@ def write_limits(settings: Settings) -> Any:
                   statement_timeout_ms=settings.statement_timeout_ms)
 
 
-def cmd_backfill(args: argparse.Namespace, ctx: Context) -> int:
-    from worker.backfill import EXIT_RUN_BUSY, RunBusy, run_backfill
-    from worker.processing import Processor
+def _backfill_summary(ctx: Context, result: Any, started: datetime) -> None:
+    """What the run did, for people (stdout): counts, status, and what to do next."""
+    from worker.db import checkpoints
+    from worker.status import one_line
 
+    with ctx.engine().connect() as conn:
+        run = checkpoints.get_run(conn, result.run_name)
+    name = one_line(result.run_name)
+    if run is None:
+        _write(f"backfill run {name}: {result.status}; processed {result.processed}, updated "
+               f"{result.updated}, unchanged {result.unchanged}, failed {result.failed}")
+        return
+    if run.finished_at is not None and run.finished_at < started:
+        _write(f"backfill run {name} had already finished ({run.status}): nothing to do "
+               f"(`reenrich backfill --run {name} --restart` runs it again)")
+        return
+    total = "?" if run.total is None else run.total
+    _write(f"backfill run {name}: {run.status}; processed {run.processed} of {total}, "
+           f"updated {run.updated}, unchanged {run.unchanged}, failed {run.failed}")
+    if run.failed:
+        _write(f"{run.failed} row(s) failed and kept their last good document: "
+               f"reenrich failures --run {name}")
+    if run.status == "cancelled":
+        _write(f"the run was cancelled (`reenrich backfill --run {name} --restart` runs it "
+               "again)")
+    elif result.exit_code == EXIT_INTERRUPTED or run.status == "interrupted":
+        _write(f"stopped before the end: resume with `reenrich backfill --run {name}`")
+    elif run.status == "running":
+        _write("other workers are still on it: `reenrich status` follows the run")
+
+
+def cmd_backfill(args: argparse.Namespace, ctx: Context) -> int:
+    from worker.backfill import RunBusy, run_backfill
+    from worker.processing import Processor
+    from worker.status import one_line
+
+    options = backfill_options(args, ctx.settings)
+    engine = ctx.engine()
+    if not args.join:
+        check_keys(engine, persona=[args.persona] if args.persona else [],
+                   arc=[args.arc] if args.arc else [], topic=[args.topic] if args.topic else [])
     stop = threading.Event()
     install_stop_handlers(stop)
-    options = backfill_options(args, ctx.settings)
     processor = Processor(load_enrichment_config(ctx.settings),
                           max_document_bytes=ctx.settings.max_document_bytes)
+    with engine.connect() as conn:  # the server's clock: it stamps finished_at
+        started = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
     try:
-        result = run_backfill(ctx.engine(), processor, options, stop)
+        result = run_backfill(engine, processor, options, stop)
     except RunBusy as exc:
-        sys.stderr.write(f"reenrich: {exc}\n")
+        sys.stderr.write(f"reenrich: {one_line(str(exc))}\n")
         return EXIT_RUN_BUSY
     if args.dry_run:
         _write(f"dry run: {result.processed} rows, {result.updated} would be updated, "
                f"{result.unchanged} unchanged, {result.failed} would fail")
-    return result.exit_code
+    elif not args.join:  # a helper process of --workers: the parent prints the summary
+        _backfill_summary(ctx, result, started)
+    code: int = result.exit_code
+    return code
 
 
 def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
@@ -235,21 +425,23 @@ def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     from worker.status import print_status
 
-    return print_status(ctx.engine(), as_json=args.json, out=_write)
+    return print_status(ctx.engine(), as_json=args.json, out=_write, wide=args.wide)
 
 
 def cmd_failures(args: argparse.Namespace, ctx: Context) -> int:
     from worker.status import print_failures
 
     return print_failures(ctx.engine(), run=args.run, as_json=args.json,
-                          include_resolved=args.all, out=_write)
+                          include_resolved=args.all, out=_write, wide=args.wide)
 
 
 def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
     from worker.status import show_documents
 
     if not args.ids and not args.all:
-        raise CommandError("give conversation ids, or --all")
+        raise UsageError("show needs conversation ids (reenrich show ID [ID...]) or --all")
+    if args.ids and args.all:
+        raise UsageError("give conversation ids or --all, not both")
     return show_documents(ctx.engine(), None if args.all else args.ids, out=_write)
 
 
@@ -289,16 +481,7 @@ def cmd_follow(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_workers(args: argparse.Namespace, ctx: Context) -> int:
     from worker.status import print_workers
 
-    return print_workers(ctx.engine(), as_json=args.json, out=_write)
-
-
-def _fields(value: str) -> tuple[str, ...]:
-    from worker.sampling import SamplingError, parse_stratify_by
-
-    try:
-        return parse_stratify_by(value)
-    except SamplingError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return print_workers(ctx.engine(), as_json=args.json, out=_write, wide=args.wide)
 
 
 # Flags that say where a --from-version export writes; every other flag comes from the version.
@@ -328,7 +511,7 @@ def _export_options(args: argparse.Namespace) -> Any:
         return Path(value) if value else None
 
     if args.format is None:
-        raise CommandError("--format is required (or --from-version NAME)")
+        raise UsageError("--format is required (or --from-version NAME)")
     return ExportOptions(
         format=args.format, output=path(args.output),
         validation_output=path(args.validation_output),
@@ -344,7 +527,7 @@ def _export_options(args: argparse.Namespace) -> Any:
         condition=args.condition, strip_metadata=args.strip_metadata, meta=args.meta,
         target_model=args.target_model, tokenizer=path(args.tokenizer),
         max_tokens=args.max_tokens, drop_over_max=args.drop_over_max, hub=path(args.hub),
-        shard_size_mb=args.shard_size, license=args.license,
+        shard_size_mb=args.shard_size, license=args.license, allow_empty=args.allow_empty,
         review=ReviewRules(include_rejected=args.include_rejected,
                            approved_only=args.approved_only,
                            seed_examples_only=args.seed_examples_only))
@@ -358,9 +541,9 @@ def _from_version(args: argparse.Namespace, ctx: Context) -> tuple[Any, Any]:
     given = sorted(f"--{dest.replace('_', '-')}" for dest, default in args.export_defaults.items()
                    if dest not in FROM_VERSION_FLAGS and getattr(args, dest, default) != default)
     if given:
-        raise CommandError(f"--from-version replays the options recorded in the version: leave "
-                           f"out {', '.join(given)} (see `reenrich datasets show "
-                           f"{args.from_version}`)")
+        raise UsageError(f"--from-version replays the options recorded in the version: leave "
+                         f"out {', '.join(given)} (see `reenrich datasets show "
+                         f"{args.from_version}`)")
     source = load_source(ctx.engine(), args.from_version)
     options = from_version_options(
         source.version, output=Path(args.output) if args.output else None,
@@ -373,25 +556,29 @@ def _from_version(args: argparse.Namespace, ctx: Context) -> tuple[Any, Any]:
 def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
     from pathlib import Path
 
-    from worker.export import ExportError, export_command
+    from worker.export import EmptyExport, export_command
 
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
 
+    source = None
+    if args.from_version:
+        options, source = _from_version(args, ctx)
+    else:
+        options = _export_options(args)
+    options.check()  # flags (exit 2) before connecting: a wrong flag needs no database
+    report_path, card_path = path(args.report), path(args.card)
+    engine = ctx.engine()
+    check_keys(engine, persona=options.filters.personas, arc=options.filters.arcs,
+               topic=options.filters.topics)
     try:
-        source = None
-        if args.from_version:
-            options, source = _from_version(args, ctx)
-        else:
-            options = _export_options(args)
-        options.check()  # before connecting: a wrong flag needs no database
         return export_command(
-            ctx.engine(), options,
+            engine, options,
             consultant_profile=load_enrichment_config(ctx.settings).consultant_profile,
-            report_path=path(args.report), card_path=path(args.card), out=_write,
+            report_path=report_path, card_path=card_path, out=_write,
             name=args.name, source=source)
-    except ExportError as exc:
-        raise CommandError(str(exc)) from exc
+    except EmptyExport as exc:
+        raise EmptyExport(f"{exc} (database: {ctx.database()})") from exc
 
 
 def cmd_datasets(args: argparse.Namespace, ctx: Context) -> int:
@@ -415,28 +602,35 @@ def cmd_datasets(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, ctx: Context) -> int:
-    from pathlib import Path
-
     from worker.checks import check_file, check_stored, print_file, print_stored
 
     if args.file:
-        if not Path(args.file).is_file():
-            raise CommandError(f"no file at {args.file}")
-        return print_file(check_file(Path(args.file)), as_json=args.json, out=_write)
+        file = Path(args.file)
+        if file.is_dir():
+            raise FileError(f"{file} is a directory: give an exported .jsonl file")
+        if not file.is_file():
+            raise FileError(f"no file at {file}")
+        return print_file(check_file(file), as_json=args.json, out=_write)
     return print_stored(check_stored(ctx.engine()), as_json=args.json, out=_write)
 
 
 def cmd_stats(args: argparse.Namespace, ctx: Context) -> int:
     import json
-    from pathlib import Path
 
+    from worker.export import ExportError, check_writable
     from worker.stats import collect, print_text
     from worker.stats_html import render
 
+    html = Path(args.html) if args.html else None
+    if html is not None:
+        try:
+            check_writable(html, "--html")  # creates its folder, as export does
+        except ExportError as exc:
+            raise FileError(str(exc)) from exc
     stats = collect(ctx.engine(), by=args.by, thin=args.thin)
-    if args.html:
-        Path(args.html).write_text(render(stats), encoding="utf-8")
-        log.info("stats.html_written", path=args.html)
+    if html is not None:
+        html.write_text(render(stats), encoding="utf-8")
+        log.info("stats.html_written", path=str(html))
     if args.json:
         _write(json.dumps(stats, ensure_ascii=False))
     else:
@@ -500,25 +694,48 @@ def _add_datasets_actions(p: argparse.ArgumentParser) -> None:
     verify.add_argument("--json", action="store_true", help="one JSON object")
 
 
+EPILOG = """exit statuses: 0 done; 1 error; 2 usage error (nothing was done); 3 backfill
+finished with failed rows; 4 the run is held by another process; 5 the run was
+cancelled; 130 interrupted.
+Without DATABASE_URL, commands use the embedded database of this user (see
+REENRICH_DATA_DIR). Logs go to stderr, results to stdout."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (the full usage is one `--help` away)."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="reenrich",
         description="Re-enrich stored conversations so every training pair carries its "
-                    "scaffolding. Logs go to stderr; results to stdout.")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (env REENRICH_LOG_LEVEL)")
+                    "scaffolding. Logs go to stderr; results to stdout.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"reenrich {__version__}")
+    parser.add_argument("--log-level", type=parse_level, metavar="LEVEL",
+                        help="debug, info, warning, error (env REENRICH_LOG_LEVEL); debug also "
+                             "prints the traceback of an error")
     parser.add_argument("--log-format", choices=["auto", "json", "console"],
                         help="log rendering (env REENRICH_LOG_FORMAT; auto: JSON unless a tty)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace, Context], int], help_: str
             ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_)  # a Parser too
         p.set_defaults(func=func)
-        p.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument("--log-level", type=parse_level, default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)
         return p
 
     p = add("migrate", cmd_migrate, "apply the database migrations (Alembic) up to head")
-    p.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION (e.g. base)")
+    p.add_argument("--downgrade", metavar="REVISION",
+                   help="downgrade to REVISION (base, 0001, ... or -1); refuses to drop tables "
+                        "holding rows without --yes")
+    p.add_argument("--yes", action="store_true",
+                   help="confirm a downgrade that drops tables holding rows")
 
     p = add("import", cmd_import, "load a JSON bundle or JSON Lines file (bundle-format)")
     p.add_argument("path", help="a .json bundle or a .jsonl stream")
@@ -527,29 +744,34 @@ def build_parser() -> argparse.ArgumentParser:
             "re-enrich stored conversations: checkpointed, idempotent, resumable")
     p.add_argument("--run", metavar="NAME", help="run name (default: resume the latest "
                    "unfinished run with the same filters, else start a new one)")
-    p.add_argument("--batch-size", type=int, metavar="N",
-                   help="fixed page size (default: adapts toward a target page duration)")
+    p.add_argument("--batch-size", type=parse_batch_size, metavar="N",
+                   help="fixed page size, 1..100000 (default: adapts toward a target page "
+                        "duration)")
     _add_filters(p)
     p.add_argument("--dry-run", action="store_true", help="compute and report, write nothing")
     p.add_argument("--restart", action="store_true", help="run a finished run again from the start")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
+    p.add_argument("--workers", type=parse_count, default=1, metavar="N",
                    help="processes sharing the run (each claims key-range slices)")
-    p.add_argument("--max-rows-per-second", type=float, metavar="R",
+    p.add_argument("--max-rows-per-second", type=parse_positive, metavar="R",
                    help="throttle to at most R rows per second")
-    p.add_argument("--sleep", type=float, metavar="SECONDS", help="pause between pages")
-    p.add_argument("--max-pages", type=int, metavar="N", help=argparse.SUPPRESS)
+    p.add_argument("--sleep", type=parse_non_negative, metavar="SECONDS",
+                   help="pause between pages")
+    p.add_argument("--max-pages", type=parse_count, metavar="N", help=argparse.SUPPRESS)
     p.add_argument("--join", action="store_true", help=argparse.SUPPRESS)
 
     p = add("cancel", cmd_cancel, "cancel an unfinished backfill run (workers stop after a page)")
     p.add_argument("run", metavar="NAME")
 
     p = add("status", cmd_status, "backfill runs: status, counts, rate, ETA")
-    p.add_argument("--json", action="store_true", help="a JSON array of runs")
+    p.add_argument("--json", action="store_true", help="a JSON array of runs (every detail)")
+    p.add_argument("--wide", action="store_true",
+                   help="every column, untruncated (the default fits the terminal)")
 
     p = add("failures", cmd_failures, "conversations that failed enrichment")
     p.add_argument("--run", metavar="NAME", help="only failures last seen by this run")
     p.add_argument("--all", action="store_true", help="include resolved failures")
     p.add_argument("--json", action="store_true", help="a JSON array")
+    p.add_argument("--wide", action="store_true", help="every column, untruncated")
 
     p = add("show", cmd_show, "print stored enriched documents as JSON Lines (contract order)")
     p.add_argument("ids", nargs="*", type=parse_uuid, metavar="ID")
@@ -564,12 +786,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=parse_positive, metavar="SECONDS",
                    help="poll the queue this often even without notifications "
                         "(env REENRICH_POLL_INTERVAL, default 5)")
-    p.add_argument("--batch-size", type=parse_count, metavar="N",
+    p.add_argument("--batch-size", type=parse_batch_size, metavar="N",
                    help="conversations per batch (env REENRICH_BATCH_SIZE, default 200)")
 
     p = add("workers", cmd_workers, "follow workers: heartbeat, rows enriched, queue depth")
     p.add_argument("--json", action="store_true",
                    help='one JSON object: {"queue": {...}, "workers": [...]}')
+    p.add_argument("--wide", action="store_true", help="every column, untruncated")
 
     p = add("export", cmd_export, "write a training file from the stored enriched documents "
             "(chat, prompt-completion, brightrun-v4, full-json), with filters, stratified "
@@ -586,7 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tier", action="append", metavar="NAME",
                    choices=["seed_dataset", "production", "experimental", "rejected"],
                    help="keep this quality tier (repeatable)")
-    p.add_argument("--min-quality", type=float, metavar="X",
+    p.add_argument("--min-quality", type=parse_quality, metavar="X",
                    help="keep conversations whose quality score (1..5) is at least X")
     p.add_argument("--since", type=parse_when, metavar="DATE",
                    help="created at or after (YYYY-MM-DD or ISO 8601, UTC)")
@@ -605,8 +828,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="every stratum down to the smallest")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="sampling seed (default 0); a pick depends only on it and the id")
-    p.add_argument("--split-validation", type=float, metavar="F",
-                   help="about F of each stratum's conversations go to --validation-output")
+    p.add_argument("--split-validation", type=parse_fraction, metavar="F",
+                   help="about F (0 < F < 1) of each stratum's conversations go to "
+                        "--validation-output")
     p.add_argument("--validation-output", metavar="PATH", help="the validation file")
     p.add_argument("--condition", choices=["none", "system"], default="none",
                    help="system: end the system message with persona, arc and topic")
@@ -629,6 +853,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only approved pairs (chat: conversations whose assistant turns all are)")
     p.add_argument("--seed-examples-only", action="store_true",
                    help="only pairs marked as seed examples")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="write an empty file when nothing is selected (default: fail, naming "
+                        "what removed everything)")
     _add_version_flags(p)
 
     p = add("datasets", cmd_datasets, "dataset versions: list them, or show NAME, diff A B, "
@@ -643,14 +870,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("stats", cmd_stats, "the dataset's composition by persona, arc, topic and their "
             "crossings, with legacy rows, failures, tiers and enrichment versions")
-    p.add_argument("--by", type=_fields, default=("persona", "arc", "topic"), metavar="FIELDS",
+    p.add_argument("--by", type=_by, default=("persona", "arc", "topic"), metavar="FIELDS",
                    help="dimensions to break down by (default persona,arc,topic)")
     p.add_argument("--thin", type=parse_count, default=3, metavar="N",
                    help="a cell with fewer than N conversations is thin (default 3)")
     p.add_argument("--json", action="store_true", help="one JSON object")
-    p.add_argument("--html", metavar="PATH", help="also write a self-contained HTML page")
+    p.add_argument("--html", metavar="PATH",
+                   help="also write a self-contained HTML page (its folder is created)")
 
-    add("demo", cmd_demo, "embedded PostgreSQL + sample data + backfill, end to end")
+    add("demo", cmd_demo, "embedded PostgreSQL + sample data + backfill, end to end (never "
+        "into a database holding other data)")
 
     from worker.review_commands import register as register_review
 
@@ -659,31 +888,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _debug_requested(args: argparse.Namespace) -> bool:
+    level = getattr(args, "log_level", None) or os.environ.get("REENRICH_LOG_LEVEL", "")
+    return str(level).upper() == "DEBUG"
+
+
+def _fail(message: str, exc: BaseException, debug: bool) -> None:
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    sys.stderr.write(f"reenrich: {message}\n")
+    sys.stderr.flush()
+
+
+def _one_line(text: str) -> str:
+    from worker.status import first_line
+
+    return first_line(text)
+
+
+def _error_exit(exc: Exception, ctx: Context | None, debug: bool) -> int:
+    """Any error a command raised, as one line on stderr and an exit status."""
+    from psycopg import Error as DriverError
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError | DriverError):  # the one place driver errors are wrapped
+        exc_ = db_engine.database_error(
+            exc, ctx.url_for_errors() if ctx else None,
+            ctx.settings.data_dir if ctx and ctx.embedded else None)
+        _fail(str(exc_), exc, debug)
+        return exc_.exit_code
+    if isinstance(exc, ReenrichError):
+        _fail(_one_line(str(exc)) or type(exc).__name__, exc, debug)
+        return exc.exit_code
+    if isinstance(exc, OSError):  # a file the command read or wrote
+        where = f": {exc.filename}" if exc.filename else ""
+        _fail(f"{exc.strerror or type(exc).__name__}{where}", exc, debug)
+        return EXIT_ERROR
+    _fail(f"unexpected error: {type(exc).__name__}: {_one_line(str(exc))} (this is a bug: "
+          "run it again with --log-level debug for the traceback, and report it)", exc, debug)
+    return EXIT_ERROR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # usage errors: one line, exit 2, before anything runs
+    debug = _debug_requested(args)
+    ctx: Context | None = None
     try:
         settings = load_settings(log_level=args.log_level, log_format=args.log_format)
-    except ConfigError as exc:
-        sys.stderr.write(f"reenrich: {exc}\n")
-        return EXIT_ERROR
-    logs.configure(settings.log_level, settings.log_format)
-    ctx = Context(settings)
-    try:
+        logs.configure(settings.log_level, settings.log_format)
+        ctx = Context(settings)
         code: int = args.func(args, ctx)
         return code
-    except (CommandError, ConfigError, db_engine.DatabaseUnavailable) as exc:
-        sys.stderr.write(f"reenrich: {exc}\n")
-        return EXIT_ERROR
-    except ReenrichError as exc:
-        sys.stderr.write(f"reenrich: {exc}\n")
-        return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from complaining
+        # about the unflushed stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        return _error_exit(exc, ctx, debug)
     finally:
-        ctx.close()
+        if ctx is not None:
+            ctx.close()
 
 
 if __name__ == "__main__":

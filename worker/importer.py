@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import Connection, Engine
 
 from worker.db import bundle
+from worker.errors import ReenrichError
 
 log = structlog.get_logger("reenrich.import")
 
@@ -43,7 +44,7 @@ BUNDLE_ARRAYS = {"personas": "persona", "emotional_arcs": "emotional_arc",
                  "conversations": "conversation"}
 
 
-class ImportFileError(Exception):
+class ImportFileError(ReenrichError):
     """The file as a whole cannot be read (missing, not JSON, wrong shape)."""
 
 

@@ -27,6 +27,8 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from worker.errors import ReenrichError
+
 # `--stratify-by` names and the scaffolding key each one reads.
 STRATUM_FIELDS = ("persona", "arc", "topic")
 SAMPLE_PURPOSE = b"reenrich-sample"
@@ -36,7 +38,7 @@ HASH_SPACE = 1 << 64
 StratumKey = tuple[str | None, ...]
 
 
-class SamplingError(Exception):
+class SamplingError(ReenrichError):
     """The sampling options do not fit together; the message says which to change."""
 
 

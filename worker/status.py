@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,29 +50,156 @@ def run_summary(run: checkpoints.Run, now: datetime | None = None) -> dict[str, 
     }
 
 
-def _table(rows: list[dict[str, Any]], columns: Sequence[str], out: Out) -> None:
-    cells = [[("" if r[c] is None else str(r[c])) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    out("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in cells:
-        out("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+# ------------------------------------------------------------ tables
 
 
-def print_status(engine: Engine, *, as_json: bool, out: Out) -> int:
+def one_line(value: Any) -> str:
+    """A cell's text on one line: a control character (newline, escape) is shown escaped."""
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def first_line(value: Any) -> str:
+    """The first non-empty line of a (possibly multi-line) error message."""
+    for line in ("" if value is None else str(value)).splitlines():
+        if line.strip():
+            return one_line(line.strip())
+    return ""
+
+
+def clip(text: str, width: int) -> str:
+    if width < 1:
+        return ""
+    return text if len(text) <= width else text[:max(0, width - 1)] + "…"
+
+
+def terminal_width() -> int:
+    """The terminal's width (COLUMNS, else the tty's, else 80), at least 40."""
+    return max(40, shutil.get_terminal_size((80, 24)).columns)
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    drop: int = 0  # 0: always shown; otherwise dropped (highest first) when too wide
+    shrink: int = 0  # > 0: may be cut down to this many characters when too wide
+    soft: int = 0  # > 0: cut to this first, before any column is dropped
+    right: bool = False
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[Column], out: Out,
+           width: int | None) -> None:
+    """A table that fits `width` (None: no limit): optional columns go, then long ones shrink."""
+    cells = {c.key: [one_line(r.get(c.key)) for r in rows] for c in columns}
+    # An optional column with nothing in it (no ETA when nothing runs) is left out.
+    shown = [c for c in columns if not c.drop or any(cells[c.key])]
+
+    def natural(c: Column) -> int:
+        return max([len(c.title)] + [len(v) for v in cells[c.key]])
+
+    widths = {c.key: natural(c) for c in columns}
+
+    def total() -> int:
+        return sum(widths[c.key] for c in shown) + 2 * (len(shown) - 1)
+
+    if width is not None:
+        for column in shown:
+            if column.soft and total() > width:
+                floor = max(column.soft, len(column.title))
+                widths[column.key] = max(min(floor, widths[column.key]),
+                                         widths[column.key] - (total() - width))
+        for column in sorted((c for c in shown if c.drop), key=lambda c: -c.drop):
+            if total() <= width:
+                break
+            shown.remove(column)
+        for column in shown:
+            if column.shrink and total() > width:
+                widths[column.key] = max(column.shrink, widths[column.key] - (total() - width))
+
+    def line(values: list[str]) -> str:
+        parts = []
+        for column, value in zip(shown, values, strict=True):
+            w = widths[column.key]
+            value = clip(value, w)
+            parts.append(value.rjust(w) if column.right else value.ljust(w))
+        return "  ".join(parts).rstrip()
+
+    out(line([c.title for c in shown]))
+    for i in range(len(rows)):
+        out(line([cells[c.key][i] for c in shown]))
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if value else ""
+
+
+def _duration(value: float | None) -> str:
+    if value is None:
+        return ""
+    seconds = round(value)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+RUN_COLUMNS = (
+    Column("name", "RUN", shrink=16, soft=30),
+    Column("status", "STATUS"),
+    Column("progress", "PROCESSED", right=True),
+    Column("failed", "FAILED", right=True),
+    Column("rate", "ROWS/S", drop=3, right=True),
+    Column("eta", "ETA", drop=2, right=True),
+    Column("started", "STARTED (UTC)", drop=4),
+    Column("finished", "FINISHED (UTC)", drop=5),
+    Column("updated", "UPDATED", drop=6, right=True),
+    Column("unchanged", "UNCHANGED", drop=7, right=True),
+)
+WIDE_RUN_COLUMNS = tuple(Column(k, k.upper()) for k in (
+    "name", "status", "processed", "total", "updated", "unchanged", "failed",
+    "rows_per_second", "eta_seconds", "started_at", "finished_at", "workers", "last_error"))
+
+
+def _run_row(run: checkpoints.Run, summary: dict[str, Any]) -> dict[str, Any]:
+    total = "?" if run.total is None else str(run.total)
+    return {"name": run.name, "status": run.status, "progress": f"{run.processed}/{total}",
+            "failed": run.failed, "rate": summary["rows_per_second"] or "",
+            "eta": _duration(summary["eta_seconds"]), "started": _when(run.started_at),
+            "finished": _when(run.finished_at), "updated": run.updated,
+            "unchanged": run.unchanged}
+
+
+def print_status(engine: Engine, *, as_json: bool, out: Out, wide: bool = False,
+                 width: int | None = None) -> int:
+    """`reenrich status`: fits the terminal (80 columns when not one); --wide: every column."""
     with engine.connect() as conn:
-        runs = [run_summary(r) for r in checkpoints.list_runs(conn)]
+        runs = checkpoints.list_runs(conn)
+    summaries = [run_summary(r) for r in runs]
     if as_json:
-        out(json.dumps(runs, ensure_ascii=False))
+        out(json.dumps(summaries, ensure_ascii=False))
         return 0
+    fit = width or terminal_width()
     if not runs:
         out("no backfill runs yet: start one with `reenrich backfill`")
+    elif wide:
+        _table([{**s, "last_error": " ".join(str(s["last_error"] or "").split())}
+                for s in summaries], WIDE_RUN_COLUMNS, out, None)
     else:
-        _table(runs, ["name", "status", "processed", "total", "updated", "unchanged", "failed",
-                      "rows_per_second", "eta_seconds", "started_at", "finished_at",
-                      "last_error"], out)
+        _table([_run_row(r, s) for r, s in zip(runs, summaries, strict=True)], RUN_COLUMNS,
+               out, fit)
+        errors = [(r.name, first_line(r.last_error)) for r in runs if r.last_error]
+        for name, error in errors:
+            out(clip(f"  {clip(one_line(name), 30)}: {error}", fit))
+        if errors:
+            out(clip("  (last errors, first line: `reenrich status --wide` or --json has "
+                     "them in full)", fit))
     out("")
     _print_versions(engine, out)
-    _print_follow(engine, out, live_only=True)
+    _print_follow(engine, out, live_only=True, width=None if wide else fit)
     return 0
 
 
@@ -81,11 +210,12 @@ def _print_versions(engine: Engine, out: Out) -> None:
 
     with engine.connect() as conn:
         counts = version_counts(conn)
-    listed = ", ".join(f"version {k if k is not None else 'unknown'}: {v}"
+    listed = ", ".join(f"v{k if k is not None else '?'}: {v}"
                        for k, v in counts.items()) or "none"
     behind = sum(v for k, v in counts.items() if k is None or k < ENRICHMENT_VERSION)
-    out(f"enriched rows by enrichment version: {listed} (current {ENRICHMENT_VERSION}; "
-        f"{behind} to re-enrich with `reenrich backfill`)")
+    out(f"enriched rows by contract version: {listed} (current v{ENRICHMENT_VERSION})")
+    if behind:
+        out(f"  {behind} row(s) behind: `reenrich backfill` brings them to v{ENRICHMENT_VERSION}")
 
 
 def _workers(engine: Engine) -> tuple[queue.QueueStats, list[dict[str, Any]]]:
@@ -103,21 +233,48 @@ def _workers(engine: Engine) -> tuple[queue.QueueStats, list[dict[str, Any]]]:
     } for r in rows]
 
 
-def _print_follow(engine: Engine, out: Out, *, live_only: bool) -> None:
+WORKER_COLUMNS = (
+    Column("worker_id", "WORKER", shrink=16, soft=30),
+    Column("state", "STATE"),
+    Column("heartbeat", "HEARTBEAT (UTC)", drop=3),
+    Column("batches", "BATCHES", drop=4, right=True),
+    Column("rows_enriched", "ENRICHED", right=True),
+    Column("rows_failed", "FAILED", right=True),
+    Column("claimed", "CLAIMED", drop=2, right=True),
+)
+WIDE_WORKER_COLUMNS = tuple(Column(k, k.upper()) for k in (
+    "worker_id", "state", "heartbeat_at", "batches", "rows_processed", "rows_enriched",
+    "rows_failed", "claimed", "started_at", "last_error"))
+
+
+def _print_follow(engine: Engine, out: Out, *, live_only: bool, width: int | None) -> None:
     stats, workers = _workers(engine)
-    oldest = _iso(stats.oldest_marked_at) or "-"
-    out(f"follow queue: {stats.depth} conversation(s) marked, {stats.claimed} claimed, "
-        f"oldest mark {oldest}")
+    oldest = f"{_when(stats.oldest_marked_at)} UTC" if stats.oldest_marked_at else "-"
+    line = f"follow queue: {stats.depth} conversation(s) marked, {stats.claimed} claimed"
+    if width is None or len(line) + len(oldest) + 14 <= width:
+        out(f"{line}, oldest mark {oldest}")
+    else:
+        out(line)
+        out(f"  oldest mark {oldest}")
     shown = [w for w in workers if w["state"] != "stopped"] if live_only else workers
     if not shown:
         out("no follow workers running: start one with `reenrich follow`" if live_only
             else "no follow workers yet: start one with `reenrich follow`")
         return
-    _table(shown, ["worker_id", "state", "heartbeat_at", "batches", "rows_processed",
-                   "rows_enriched", "rows_failed", "claimed", "started_at", "last_error"], out)
+    if width is None:
+        _table([{**w, "last_error": " ".join(str(w["last_error"] or "").split())}
+                for w in shown], WIDE_WORKER_COLUMNS, out, None)
+        return
+    _table([{**w, "heartbeat": (w["heartbeat_at"] or "")[:16].replace("T", " ")}
+            for w in shown], WORKER_COLUMNS, out, width)
+    for w in shown:
+        if w["last_error"]:
+            out(clip(f"  {clip(one_line(w['worker_id']), 30)}: {first_line(w['last_error'])}",
+                     width))
 
 
-def print_workers(engine: Engine, *, as_json: bool, out: Out) -> int:
+def print_workers(engine: Engine, *, as_json: bool, out: Out, wide: bool = False,
+                  width: int | None = None) -> int:
     """`reenrich workers`: the queue depth and every follow worker (--json: one object)."""
     if as_json:
         stats, workers = _workers(engine)
@@ -125,12 +282,22 @@ def print_workers(engine: Engine, *, as_json: bool, out: Out) -> int:
                                   "oldest_marked_at": _iso(stats.oldest_marked_at)},
                         "workers": workers}, ensure_ascii=False))
         return 0
-    _print_follow(engine, out, live_only=False)
+    _print_follow(engine, out, live_only=False,
+                  width=None if wide else (width or terminal_width()))
     return 0
 
 
+FAILURE_COLUMNS = (
+    Column("conversation_id", "CONVERSATION"),
+    Column("error_code", "CODE", shrink=12),
+    Column("attempts", "TRIES", drop=2, right=True),
+    Column("last_seen", "LAST SEEN (UTC)", drop=1),
+    Column("message", "MESSAGE", shrink=12, soft=40),
+)
+
+
 def print_failures(engine: Engine, *, run: str | None, as_json: bool, include_resolved: bool,
-                   out: Out) -> int:
+                   out: Out, wide: bool = False, width: int | None = None) -> int:
     with engine.connect() as conn:
         rows = checkpoints.list_failures(conn, run, include_resolved)
     items = [{
@@ -150,7 +317,14 @@ def print_failures(engine: Engine, *, run: str | None, as_json: bool, include_re
     if not items:
         out("no failures")
         return 0
-    _table(items, ["conversation_id", "error_code", "attempts", "last_seen_at", "message"], out)
+    if wide:
+        _table(items, tuple(Column(k, k.upper()) for k in (
+            "conversation_id", "error_code", "attempts", "last_seen_at", "run", "message")),
+            out, None)
+        return 0
+    _table([{**i, "last_seen": (i["last_seen_at"] or "")[:16].replace("T", " "),
+             "message": first_line(i["message"])} for i in items], FAILURE_COLUMNS, out,
+           width or terminal_width())
     return 0
 
 
