@@ -313,7 +313,7 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
                               validation_fraction=args.split_validation),
         condition=args.condition, strip_metadata=args.strip_metadata, meta=args.meta,
         target_model=args.target_model, tokenizer=path(args.tokenizer),
-        max_tokens=args.max_tokens, drop_over_max=args.drop_over_max)
+        max_tokens=args.max_tokens, drop_over_max=args.drop_over_max, dedup=args.dedup)
     try:
         options.check()  # before connecting: a wrong flag needs no database
         return export_command(
@@ -354,6 +354,16 @@ def cmd_stats(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_dedup(args: argparse.Namespace, ctx: Context) -> int:
+    from worker.dedup_cli import command
+    from worker.errors import ReenrichError
+
+    try:
+        return command(args, ctx.engine(), out=_write)
+    except ReenrichError as exc:
+        raise CommandError(str(exc)) from exc
+
+
 def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
     from worker.demo import run_demo
 
@@ -374,6 +384,8 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from worker.dedup_cli import add_arguments as dedup_arguments
+
     parser = argparse.ArgumentParser(
         prog="reenrich",
         description="Re-enrich stored conversations so every training pair carries its "
@@ -495,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-over-max", action="store_true",
                    help="drop the rows over --max-tokens instead of only reporting them")
     p.add_argument("--card", metavar="PATH", help="write a dataset card (Markdown, YAML header)")
+    p.add_argument("--dedup", action="store_true", help="keep only each near-duplicate "
+                   "cluster's representative (clusters of the last `reenrich dedup`)")
 
     p = add("validate", cmd_validate, "check the stored enriched documents against the "
             "contract, or an exported file (--file) against trainers' rules; exit 1 on "
@@ -510,6 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a cell with fewer than N conversations is thin (default 3)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--html", metavar="PATH", help="also write a self-contained HTML page")
+
+    p = add("dedup", cmd_dedup, "find near-duplicate conversations (MinHash + LSH, exact "
+            "Jaccard of word 5-grams) and keep their clusters; incremental")
+    dedup_arguments(p)
 
     add("demo", cmd_demo, "embedded PostgreSQL + sample data + backfill, end to end")
 

@@ -32,6 +32,7 @@ from worker import formats
 from worker.contract import dumps, in_contract_order
 from worker.db import dataset
 from worker.db.dataset import DatasetFilters
+from worker.dedup_export import NEAR_DUPLICATE, ExportClusters
 from worker.enrich import round_half_up
 from worker.export_report import (
     ExportReport,
@@ -66,6 +67,7 @@ class ExportOptions:
     tokenizer: Path | None = None
     max_tokens: int | None = None
     drop_over_max: bool = False
+    dedup: bool = False  # keep only each near-duplicate cluster's representative
 
     def check(self) -> None:
         fmt = self.format
@@ -311,6 +313,7 @@ class _Run:
             tokenizer=str(options.tokenizer) if options.tokenizer else None,
             max_tokens=options.max_tokens)
         self.plan: SamplePlan | None = None
+        self.clusters = ExportClusters()
 
     def _kept(self, conn: Any) -> Iterator[tuple[Any, dict[str, str | None]]]:
         """The conversations the filters keep, counting the others by reason."""
@@ -318,18 +321,24 @@ class _Run:
             self.report.conversations_in_table += 1
             if candidate.excluded_by is not None:
                 self.report.removed[candidate.excluded_by] += 1
+            elif self.options.dedup and self.clusters.is_duplicate(candidate.conversation_id):
+                self.report.removed[NEAR_DUPLICATE] += 1
             else:
                 yield candidate.conversation_id, candidate.keys()
 
     def select(self, conn: Any) -> list[Any] | None:
         """Selection pass: count removals; the sample's ids (None: all kept)."""
         spec = self.options.sampling
+        if self.options.dedup or spec.validation_fraction is not None:
+            self.clusters = ExportClusters.load(conn)
+        if not spec.active and self.options.dedup:
+            return sorted(cid for cid, _ in self._kept(conn))
         if not spec.active:
             for _ in self._kept(conn):
                 pass
             return None
         # make_plan consumes the stream: only (hash, id, stratum) per conversation is held.
-        self.plan = make_plan(self._kept(conn), spec)
+        self.plan = make_plan(self._kept(conn), spec, self.clusters.cluster_of)
         self.report.removed["stratum_key_null"] += self.plan.stratum_key_null
         self.report.removed["not_sampled"] += self.plan.not_sampled
         for key, stratum in self.plan.strata.items():
@@ -419,6 +428,7 @@ def run_export(engine: Engine, options: ExportOptions, *,
                 sink.abort()
             raise
     report = run.report.as_json()
+    report["dedup"] = run.clusters.report(options.dedup)
     log.info("export.done", format=options.format, output=str(options.output),
              rows=report["rows"], conversations=report["conversations"], pairs=report["pairs"])
     return report

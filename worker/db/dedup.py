@@ -1,0 +1,414 @@
+"""SQL of `reenrich dedup`: signatures, buckets, verified pairs, clusters, reports.
+
+What changed is found by PostgreSQL itself: the md5 of the stored turns
+(`parsed_json -> 'turns'`) against the one stored with the signature, so an
+incremental run sends the worker only the rows that changed. Buckets and
+pairs are keyed by the text's hash (see migration 0007).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from worker.dedup import Member, Sketch
+
+LOCK_KEY = 0x7265656E_64656470  # pg advisory lock: one dedup run at a time
+CANDIDATE_BATCH = 2000
+
+
+def try_lock(conn: Connection) -> bool:
+    return bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
+                             {"key": LOCK_KEY}).scalar_one())
+
+
+def unlock(conn: Connection) -> None:
+    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": LOCK_KEY})
+
+
+# ------------------------------------------------------------------ runs
+
+
+def start_run(conn: Connection, threshold: float, scope: str, method: str, layout: str) -> int:
+    return int(conn.execute(text(
+        "INSERT INTO dedup_runs (threshold, scope, method, layout) "
+        "VALUES (:threshold, :scope, :method, :layout) RETURNING id"),
+        {"threshold": threshold, "scope": scope, "method": method, "layout": layout}
+    ).scalar_one())
+
+
+def finish_run(conn: Connection, run_id: int, summary: str) -> None:
+    conn.execute(text(
+        "UPDATE dedup_runs SET status = 'succeeded', finished_at = now(), "
+        "summary = CAST(:summary AS jsonb) WHERE id = :id"), {"id": run_id, "summary": summary})
+
+
+def fail_run(conn: Connection, run_id: int, error: str) -> None:
+    conn.execute(text(
+        "UPDATE dedup_runs SET status = 'failed', finished_at = now(), last_error = :error "
+        "WHERE id = :id"), {"id": run_id, "error": error})
+
+
+def last_run(conn: Connection) -> dict[str, Any] | None:
+    row = conn.execute(text(
+        "SELECT id, threshold, scope, method, layout, summary, started_at, finished_at "
+        "FROM dedup_runs WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1")).mappings().first()
+    return dict(row) if row else None
+
+
+# ------------------------------------------------------------------ signatures
+
+# One window of the table in id order: every row's id and turns hash, and the
+# turns themselves only for rows with no signature of this method or whose
+# turns changed. The OFFSET 0 fence reads each row's turns once.
+_WINDOW = text("""
+SELECT q.conversation_id, md5(q.turns) AS source_hash,
+       CASE WHEN s.conversation_id IS NULL OR s.method <> :method
+                 OR s.source_hash <> md5(q.turns) THEN q.turns END AS turns,
+       CASE WHEN s.method = :method THEN s.text_hash END AS old_text_hash
+FROM (SELECT c.conversation_id, COALESCE((c.parsed_json -> 'turns')::text, 'null') AS turns
+      FROM conversations c
+      WHERE CAST(:after AS uuid) IS NULL OR c.conversation_id > :after
+      ORDER BY c.conversation_id
+      LIMIT :limit
+      OFFSET 0) q
+LEFT JOIN dedup_signatures s ON s.conversation_id = q.conversation_id
+ORDER BY q.conversation_id
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    scanned: int
+    last: uuid.UUID | None
+    changed: list[tuple[uuid.UUID, str, str, bytes | None]]  # id, source hash, turns, old hash
+
+
+def read_window(conn: Connection, after: uuid.UUID | None, limit: int, method: str) -> Window:
+    rows = conn.execute(_WINDOW, {"after": after, "limit": limit, "method": method}).all()
+    changed = [(r.conversation_id, r.source_hash, r.turns,
+                bytes(r.old_text_hash) if r.old_text_hash is not None else None)
+               for r in rows if r.turns is not None]
+    return Window(scanned=len(rows), last=rows[-1].conversation_id if rows else None,
+                  changed=changed)
+
+
+def count_conversations(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT count(*) FROM conversations")).scalar_one())
+
+
+def write_sketches(conn: Connection, sketches: Sequence[Sketch], method: str, layout: str,
+                   buckets: Sequence[Sequence[int]]) -> None:
+    """Store new signatures (pending: their pairs are to be searched) and their buckets."""
+    if not sketches:
+        return
+    conn.execute(text("""
+        INSERT INTO dedup_signatures AS s (conversation_id, method, source_hash, text_hash,
+                                           signature, shingles, layout, pending)
+        SELECT u.id, :method, u.source_hash, u.text_hash, u.signature, u.shingles, :layout, true
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:source_hashes AS text[]),
+                    CAST(:text_hashes AS bytea[]), CAST(:signatures AS bytea[]),
+                    CAST(:shingles AS integer[]))
+             AS u (id, source_hash, text_hash, signature, shingles)
+        ON CONFLICT (conversation_id) DO UPDATE
+        SET method = EXCLUDED.method, source_hash = EXCLUDED.source_hash,
+            text_hash = EXCLUDED.text_hash, signature = EXCLUDED.signature,
+            shingles = EXCLUDED.shingles, layout = EXCLUDED.layout, pending = true,
+            computed_at = now()
+    """), {"ids": [s.conversation_id for s in sketches], "method": method, "layout": layout,
+           "source_hashes": [s.source_hash for s in sketches],
+           "text_hashes": [s.text_hash for s in sketches],
+           "signatures": [s.signature for s in sketches],
+           "shingles": [s.shingles for s in sketches]})
+    # A text's buckets are remade from its new signature (another method leaves none behind).
+    conn.execute(text("DELETE FROM dedup_buckets WHERE text_hash = ANY(:hashes)"),
+                 {"hashes": list({s.text_hash for s in sketches})})
+    insert_buckets(conn, [s.text_hash for s in sketches], buckets)
+
+
+def insert_buckets(conn: Connection, text_hashes: Sequence[bytes],
+                   buckets: Sequence[Sequence[int]]) -> None:
+    hashes = [h for h, row in zip(text_hashes, buckets, strict=True) for _ in row]
+    values = [b for row in buckets for b in row]
+    conn.execute(text("""
+        INSERT INTO dedup_buckets (text_hash, bucket)
+        SELECT * FROM unnest(CAST(:hashes AS bytea[]), CAST(:buckets AS bigint[]))
+        ON CONFLICT DO NOTHING
+    """), {"hashes": hashes, "buckets": values})
+
+
+def touch_sources(conn: Connection, ids: Sequence[uuid.UUID], source_hashes: Sequence[str]
+                  ) -> None:
+    """The turns changed but not the text: keep the signature, record the new turns hash."""
+    if ids:
+        conn.execute(text("""
+            UPDATE dedup_signatures s SET source_hash = u.source_hash
+            FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[])) AS u (id, source_hash)
+            WHERE s.conversation_id = u.id
+        """), {"ids": list(ids), "hashes": list(source_hashes)})
+
+
+def write_responses(conn: Connection, ids: Sequence[uuid.UUID],
+                    responses: Sequence[Sequence[tuple[bytes, str]]]) -> None:
+    """Replace the assistant-response hashes of these conversations."""
+    if not ids:
+        return
+    conn.execute(text("DELETE FROM dedup_responses WHERE conversation_id = ANY(:ids)"),
+                 {"ids": list(ids)})
+    rows = [(cid, h, p) for cid, found in zip(ids, responses, strict=True) for h, p in found]
+    conn.execute(text("""
+        INSERT INTO dedup_responses (conversation_id, response_hash, preview)
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS bytea[]),
+                             CAST(:previews AS text[]))
+        ON CONFLICT DO NOTHING
+    """), {"ids": [r[0] for r in rows], "hashes": [r[1] for r in rows],
+           "previews": [r[2] for r in rows]})
+
+
+def stale_layout(conn: Connection, layout: str, limit: int) -> list[tuple[bytes, bytes]]:
+    """(text hash, signature) of texts whose buckets were made with another banding."""
+    rows = conn.execute(text("""
+        SELECT DISTINCT ON (text_hash) text_hash, signature FROM dedup_signatures
+        WHERE layout <> :layout ORDER BY text_hash LIMIT :limit
+    """), {"layout": layout, "limit": limit}).all()
+    return [(bytes(r.text_hash), bytes(r.signature)) for r in rows]
+
+
+def rebucket(conn: Connection, text_hashes: Sequence[bytes], layout: str,
+             buckets: Sequence[Sequence[int]]) -> None:
+    conn.execute(text("DELETE FROM dedup_buckets WHERE text_hash = ANY(:hashes)"),
+                 {"hashes": list(text_hashes)})
+    insert_buckets(conn, text_hashes, buckets)
+    conn.execute(text("UPDATE dedup_signatures SET layout = :layout, pending = true "
+                      "WHERE text_hash = ANY(:hashes)"),
+                 {"hashes": list(text_hashes), "layout": layout})
+
+
+def drop_orphans(conn: Connection, old_hashes: Sequence[bytes]) -> None:
+    """Buckets and pairs of texts no conversation has any more."""
+    if not old_hashes:
+        return
+    params = {"hashes": list(old_hashes)}
+    conn.execute(text("""
+        CREATE TEMPORARY TABLE IF NOT EXISTS dedup_gone (h bytea PRIMARY KEY) ON COMMIT DELETE ROWS
+    """))
+    conn.execute(text("""
+        INSERT INTO dedup_gone SELECT DISTINCT h FROM unnest(CAST(:hashes AS bytea[])) AS h
+        WHERE NOT EXISTS (SELECT 1 FROM dedup_signatures s WHERE s.text_hash = h)
+        ON CONFLICT DO NOTHING
+    """), params)
+    conn.execute(text("DELETE FROM dedup_buckets WHERE text_hash IN (SELECT h FROM dedup_gone)"))
+    conn.execute(text("DELETE FROM dedup_pairs WHERE a IN (SELECT h FROM dedup_gone) "
+                      "OR b IN (SELECT h FROM dedup_gone)"))
+
+
+# ------------------------------------------------------------------ candidates
+
+# Text pairs sharing a bucket where one side is pending, not verified yet.
+_CANDIDATES = text("""
+SELECT DISTINCT LEAST(x.text_hash, y.text_hash) AS a, GREATEST(x.text_hash, y.text_hash) AS b
+FROM (SELECT DISTINCT text_hash FROM dedup_signatures WHERE pending) p
+JOIN dedup_buckets x ON x.text_hash = p.text_hash
+JOIN dedup_buckets y ON y.bucket = x.bucket AND y.text_hash <> x.text_hash
+WHERE NOT EXISTS (SELECT 1 FROM dedup_pairs v
+                  WHERE v.a = LEAST(x.text_hash, y.text_hash)
+                    AND v.b = GREATEST(x.text_hash, y.text_hash))
+ORDER BY 1, 2
+""")
+
+
+def candidates(conn: Connection) -> Iterator[list[tuple[bytes, bytes]]]:
+    """Unverified candidate pairs in batches (a server-side cursor: memory stays flat)."""
+    result = conn.execution_options(stream_results=True, yield_per=CANDIDATE_BATCH).execute(
+        _CANDIDATES)
+    for part in result.partitions(CANDIDATE_BATCH):
+        yield [(bytes(r.a), bytes(r.b)) for r in part]
+
+
+def turns_of_texts(conn: Connection, text_hashes: Sequence[bytes]) -> dict[bytes, str]:
+    """The stored turns (as JSON text) of one conversation per text hash."""
+    rows = conn.execute(text("""
+        SELECT DISTINCT ON (s.text_hash) s.text_hash, (c.parsed_json -> 'turns')::text AS turns
+        FROM dedup_signatures s JOIN conversations c USING (conversation_id)
+        WHERE s.text_hash = ANY(:hashes)
+        ORDER BY s.text_hash, s.conversation_id
+    """), {"hashes": list(text_hashes)}).all()
+    return {bytes(r.text_hash): r.turns or "null" for r in rows}
+
+
+def insert_pairs(conn: Connection, pairs: Sequence[tuple[bytes, bytes, float]]) -> None:
+    if pairs:
+        conn.execute(text("""
+            INSERT INTO dedup_pairs (a, b, similarity)
+            SELECT * FROM unnest(CAST(:a AS bytea[]), CAST(:b AS bytea[]),
+                                 CAST(:s AS double precision[]))
+            ON CONFLICT DO NOTHING
+        """), {"a": [p[0] for p in pairs], "b": [p[1] for p in pairs],
+               "s": [p[2] for p in pairs]})
+
+
+def clear_pending(conn: Connection) -> None:
+    conn.execute(text("UPDATE dedup_signatures SET pending = false WHERE pending"))
+
+
+# ------------------------------------------------------------------ clusters
+
+def near_pairs(conn: Connection, threshold: float) -> list[tuple[bytes, bytes]]:
+    rows = conn.execute(text("SELECT a, b FROM dedup_pairs WHERE similarity >= :t"),
+                        {"t": threshold}).all()
+    return [(bytes(r.a), bytes(r.b)) for r in rows]
+
+
+def members(conn: Connection, threshold: float) -> list[Member]:
+    """Conversations whose text has an exact copy or a near-duplicate text."""
+    rows = conn.execute(text("""
+        WITH hot AS (
+            SELECT a AS h FROM dedup_pairs WHERE similarity >= :t
+            UNION SELECT b FROM dedup_pairs WHERE similarity >= :t
+            UNION SELECT text_hash FROM dedup_signatures GROUP BY text_hash HAVING count(*) > 1)
+        SELECT s.conversation_id, s.text_hash, c.quality_score,
+               p.persona_key, e.arc_key, t.topic_key
+        FROM hot JOIN dedup_signatures s ON s.text_hash = hot.h
+        JOIN conversations c ON c.conversation_id = s.conversation_id
+        LEFT JOIN personas p ON p.id = c.persona_id
+        LEFT JOIN emotional_arcs e ON e.id = c.emotional_arc_id
+        LEFT JOIN training_topics t ON t.id = c.training_topic_id
+    """), {"t": threshold}).all()
+    return [Member(conversation_id=r.conversation_id, text_hash=bytes(r.text_hash),
+                   quality=r.quality_score, cell=(r.persona_key, r.arc_key, r.topic_key))
+            for r in rows]
+
+
+def replace_clusters(conn: Connection, run_id: int, threshold: float, scope: str,
+                     clusters: Sequence[Any]) -> None:
+    """The run's clusters replace the previous ones (one transaction: readers see either)."""
+    conn.execute(text("DELETE FROM dedup_members"))
+    conn.execute(text("DELETE FROM dedup_clusters"))
+    if not clusters:
+        return
+    conn.execute(text("""
+        INSERT INTO dedup_clusters (cluster_id, run_id, size, threshold, scope,
+                                    representative, cells)
+        SELECT u.id, :run, u.size, :threshold, :scope, u.rep, u.cells
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:sizes AS integer[]), CAST(:reps AS uuid[]),
+                    CAST(:cells AS integer[])) AS u (id, size, rep, cells)
+    """), {"run": run_id, "threshold": threshold, "scope": scope,
+           "ids": [c.cluster_id for c in clusters], "sizes": [len(c.members) for c in clusters],
+           "reps": [c.representative for c in clusters], "cells": [c.cells for c in clusters]})
+    rows = [(m, c.cluster_id, m == c.representative) for c in clusters for m in c.members]
+    conn.execute(text("""
+        INSERT INTO dedup_members (conversation_id, cluster_id, is_representative)
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:clusters AS uuid[]),
+                             CAST(:reps AS boolean[]))
+    """), {"ids": [r[0] for r in rows], "clusters": [r[1] for r in rows],
+           "reps": [r[2] for r in rows]})
+
+
+# ------------------------------------------------------------------ reports
+
+
+def duplicate_rates(conn: Connection) -> list[dict[str, Any]]:
+    """Conversations, in clusters and duplicates (what --dedup removes): overall (level
+    "all"), per persona, arc, topic and per cell, by the row's scaffolding keys."""
+    rows = conn.execute(text("""
+        SELECT p.persona_key AS persona, e.arc_key AS arc, t.topic_key AS topic,
+               GROUPING(p.persona_key, e.arc_key, t.topic_key) AS g,
+               count(*) AS conversations,
+               count(m.conversation_id) AS in_clusters,
+               count(m.conversation_id) FILTER (WHERE NOT m.is_representative) AS duplicates
+        FROM conversations c
+        LEFT JOIN dedup_members m ON m.conversation_id = c.conversation_id
+        LEFT JOIN personas p ON p.id = c.persona_id
+        LEFT JOIN emotional_arcs e ON e.id = c.emotional_arc_id
+        LEFT JOIN training_topics t ON t.id = c.training_topic_id
+        GROUP BY GROUPING SETS ((), (p.persona_key), (e.arc_key), (t.topic_key),
+                                (p.persona_key, e.arc_key, t.topic_key))
+    """)).mappings().all()
+    levels = {7: "all", 3: "persona", 5: "arc", 6: "topic", 0: "cell"}
+    return [{"level": levels[int(r["g"])], "persona": r["persona"], "arc": r["arc"],
+             "topic": r["topic"], "conversations": int(r["conversations"]),
+             "in_clusters": int(r["in_clusters"]), "duplicates": int(r["duplicates"])}
+            for r in rows]
+
+
+def largest_clusters(conn: Connection, limit: int, sample: int) -> list[dict[str, Any]]:
+    rows = conn.execute(text("""
+        SELECT k.cluster_id, k.size, k.representative, k.cells, k.threshold, k.scope,
+               (SELECT array_agg(m.conversation_id ORDER BY m.conversation_id)
+                FROM (SELECT conversation_id FROM dedup_members
+                      WHERE cluster_id = k.cluster_id
+                      ORDER BY conversation_id LIMIT :sample) m) AS sample
+        FROM dedup_clusters k ORDER BY k.size DESC, k.cluster_id LIMIT :limit
+    """), {"limit": limit, "sample": sample}).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def all_clusters(conn: Connection) -> Iterator[dict[str, Any]]:
+    """Every cluster with all its members, largest first (streamed)."""
+    result = conn.execution_options(stream_results=True, yield_per=500).execute(text("""
+        SELECT k.cluster_id, k.representative, k.size, k.cells, k.threshold, k.scope,
+               array_agg(m.conversation_id ORDER BY m.conversation_id) AS members
+        FROM dedup_clusters k JOIN dedup_members m ON m.cluster_id = k.cluster_id
+        GROUP BY k.cluster_id ORDER BY k.size DESC, k.cluster_id
+    """))
+    for row in result.mappings():
+        yield dict(row)
+
+
+def cluster_totals(conn: Connection) -> dict[str, int]:
+    row = conn.execute(text("""
+        SELECT (SELECT count(*) FROM dedup_clusters) AS clusters,
+               (SELECT count(*) FROM dedup_members) AS in_clusters,
+               (SELECT count(*) FROM dedup_members WHERE NOT is_representative) AS duplicates,
+               (SELECT count(*) FROM dedup_clusters WHERE cells > 1) AS cross_cell_clusters
+    """)).mappings().one()
+    return {k: int(v) for k, v in row.items()}
+
+
+def repeated_responses(conn: Connection, limit: int) -> dict[str, Any]:
+    """Assistant responses (normalised) found in more than one conversation."""
+    totals = conn.execute(text("""
+        SELECT count(*) AS responses, COALESCE(sum(n), 0) AS occurrences
+        FROM (SELECT count(*) AS n FROM dedup_responses GROUP BY response_hash
+              HAVING count(*) > 1) r
+    """)).mappings().one()
+    conversations = conn.execute(text("""
+        SELECT count(DISTINCT conversation_id) FROM dedup_responses
+        WHERE response_hash IN (SELECT response_hash FROM dedup_responses
+                                GROUP BY response_hash HAVING count(*) > 1)
+    """)).scalar_one()
+    top = conn.execute(text("""
+        SELECT encode(response_hash, 'hex') AS response_hash, count(*) AS conversations,
+               min(preview) AS preview,
+               (array_agg(conversation_id ORDER BY conversation_id))[1:5] AS sample
+        FROM dedup_responses GROUP BY response_hash HAVING count(*) > 1
+        ORDER BY count(*) DESC, response_hash LIMIT :limit
+    """), {"limit": limit}).mappings().all()
+    return {"responses": int(totals["responses"]), "occurrences": int(totals["occurrences"]),
+            "conversations": int(conversations), "top": [dict(r) for r in top]}
+
+
+def unsigned_conversations(conn: Connection) -> int:
+    """Conversations that have no signature yet (added since the last run)."""
+    return int(conn.execute(text("""
+        SELECT count(*) FROM conversations c
+        WHERE NOT EXISTS (SELECT 1 FROM dedup_signatures s
+                          WHERE s.conversation_id = c.conversation_id)
+    """)).scalar_one())
+
+
+def membership(conn: Connection) -> dict[uuid.UUID, tuple[uuid.UUID, bool]]:
+    """conversation id -> (cluster id, is the representative), for export."""
+    rows = conn.execute(text(
+        "SELECT conversation_id, cluster_id, is_representative FROM dedup_members")).all()
+    return {r.conversation_id: (r.cluster_id, r.is_representative) for r in rows}
+
+
+def has_tables(conn: Connection) -> bool:
+    return bool(conn.execute(text(
+        "SELECT to_regclass('dedup_members') IS NOT NULL")).scalar_one())
+

@@ -1,0 +1,302 @@
+"""`reenrich dedup`: bring signatures, verified pairs and clusters up to date.
+
+One run, four steps, each committed as it goes so an interrupted run loses
+nothing it finished:
+1. signatures: the table in id order, windows of WINDOW rows; PostgreSQL
+   says which rows have no signature of this method or changed turns (md5);
+   only those are sent here. A row whose turns changed but whose text did
+   not (an emotion label edited) keeps its signature.
+2. buckets: if the threshold asks for another banding, every distinct
+   text's buckets are rebuilt from its stored signature (no text is read).
+3. candidates: text pairs sharing a bucket with a pending text, not verified
+   yet, are verified with the exact Jaccard index and stored.
+4. clusters: the connected components of the pairs at or above the
+   threshold (and of identical texts), rewritten in one transaction.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import Connection, Engine
+
+from worker import dedup
+from worker.db import dedup as db
+from worker.dedup import Scope, Source
+from worker.errors import ReenrichError
+
+log = structlog.get_logger("reenrich.dedup")
+
+WINDOW = 1000  # rows scanned per transaction in step 1
+SHINGLE_CACHE = 512  # texts whose shingle sets are kept while verifying
+LARGEST = 10  # clusters listed in the summary
+SAMPLE = 5  # ids shown per cluster in the summary
+TOP_RESPONSES = 10
+TOP_CELLS = 10
+
+
+class DedupError(ReenrichError):
+    """Dedup cannot run now; the message says why and what to do."""
+
+
+@dataclass
+class Counts:
+    conversations: int = 0
+    signatures_computed: int = 0
+    signatures_reused: int = 0
+    texts_rebucketed: int = 0
+    candidate_pairs: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------ step 1
+
+
+def _parse(turns: str) -> Any:
+    try:
+        return orjson.loads(turns)
+    except orjson.JSONDecodeError:  # jsonb text is always JSON; kept for safety
+        return None
+
+
+def _sign_window(conn: Connection, window: db.Window, layout: dedup.Layout,
+                 counts: Counts) -> None:
+    sources = [Source(cid, source_hash, _parse(turns), old)
+               for cid, source_hash, turns, old in window.changed]
+    fresh: list[tuple[Source, str]] = []
+    kept: list[Source] = []
+    for source in sources:
+        body = source.text
+        if source.old_text_hash is not None and source.old_text_hash == dedup.text_hash(body):
+            kept.append(source)
+        else:
+            fresh.append((source, body))
+    sketches = dedup.sketch_page(fresh)
+    db.write_sketches(conn, sketches, dedup.METHOD, layout.name,
+                      [dedup.buckets(s.signature, layout) for s in sketches])
+    db.touch_sources(conn, [s.conversation_id for s in kept], [s.source_hash for s in kept])
+    db.write_responses(conn, [s.conversation_id for s in sources],
+                       [dedup.responses(s.turns) for s in sources])
+    db.drop_orphans(conn, [s.old_text_hash for s, _ in fresh if s.old_text_hash is not None])
+    counts.signatures_computed += len(sketches)
+    counts.signatures_reused += window.scanned - len(sketches)
+    counts.conversations += window.scanned
+
+
+def _sign(engine: Engine, layout: dedup.Layout, counts: Counts) -> None:
+    after: uuid.UUID | None = None
+    while True:
+        with engine.begin() as conn:
+            window = db.read_window(conn, after, WINDOW, dedup.METHOD)
+            if not window.scanned:
+                return
+            _sign_window(conn, window, layout, counts)
+        after = window.last
+        log.debug("dedup.signed", scanned=counts.conversations,
+                  computed=counts.signatures_computed)
+
+
+# ------------------------------------------------------------ steps 2 and 3
+
+
+def _rebucket(engine: Engine, layout: dedup.Layout, counts: Counts) -> None:
+    while True:
+        with engine.begin() as conn:
+            stale = db.stale_layout(conn, layout.name, WINDOW)
+            if not stale:
+                return
+            db.rebucket(conn, [h for h, _ in stale], layout.name,
+                        [dedup.buckets(sig, layout) for _, sig in stale])
+        counts.texts_rebucketed += len(stale)
+
+
+class _Shingles:
+    """Shingle sets of texts by hash, read as needed, a bounded number kept."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.sets: dict[bytes, set[str]] = {}
+
+    def load(self, hashes: set[bytes]) -> None:
+        missing = [h for h in hashes if h not in self.sets]
+        if len(self.sets) + len(missing) > SHINGLE_CACHE:
+            self.sets = {h: s for h, s in self.sets.items() if h in hashes}
+        for h, turns in db.turns_of_texts(self.conn, missing).items():
+            self.sets[h] = dedup.shingles(dedup.conversation_text(
+                dedup.turn_contents(_parse(turns))))
+
+
+def _verify_batches(batches: Iterator[list[tuple[bytes, bytes]]], shingles: _Shingles,
+                    write: Callable[[list[tuple[bytes, bytes, float]]], None]) -> int:
+    found = 0
+    for batch in batches:
+        for start in range(0, len(batch), SHINGLE_CACHE // 2):
+            part = batch[start:start + SHINGLE_CACHE // 2]
+            shingles.load({h for pair in part for h in pair})
+            verified = [(a, b, dedup.jaccard(shingles.sets[a], shingles.sets[b]))
+                        for a, b in part if a in shingles.sets and b in shingles.sets]
+            write(verified)
+            found += len(part)
+    return found
+
+
+def _verify(engine: Engine, counts: Counts) -> None:
+    with engine.connect() as reader, engine.connect() as writer:
+        def write(pairs: list[tuple[bytes, bytes, float]]) -> None:
+            db.insert_pairs(writer, pairs)
+            writer.commit()
+
+        with reader.begin():
+            counts.candidate_pairs = _verify_batches(db.candidates(reader), _Shingles(writer),
+                                                     write)
+        db.clear_pending(writer)
+        writer.commit()
+
+
+# ------------------------------------------------------------ step 4 and the run
+
+
+def _cluster(engine: Engine, run_id: int, threshold: float, scope: Scope
+             ) -> tuple[list[dedup.Cluster], int]:
+    with engine.begin() as conn:
+        members = db.members(conn, threshold)
+        near = db.near_pairs(conn, threshold)
+        clusters = dedup.make_clusters(members, near, scope)
+        whole = clusters if scope is Scope.TABLE else dedup.make_clusters(
+            members, near, Scope.TABLE)
+        db.replace_clusters(conn, run_id, threshold, scope.value, clusters)
+    return clusters, sum(1 for c in whole if c.cells > 1)
+
+
+def _timed(counts: Counts, name: str, step: Callable[[], Any]) -> Any:
+    start = time.perf_counter()
+    result = step()
+    counts.seconds[name] = round(time.perf_counter() - start, 3)
+    return result
+
+
+def run_dedup(engine: Engine, threshold: float = dedup.DEFAULT_THRESHOLD,
+              scope: Scope = Scope.TABLE) -> dict[str, Any]:
+    """One dedup run; its summary (what `--json` prints)."""
+    if not 0 < threshold <= 1:
+        raise DedupError(f"the threshold must be in (0, 1], got {threshold}")
+    layout = dedup.choose_layout(threshold)
+    counts = Counts()
+    with engine.connect() as lock:
+        if not db.try_lock(lock):
+            raise DedupError("another `reenrich dedup` is running on this database: wait "
+                             "for it to finish, then run again")
+        lock.commit()
+        try:
+            with engine.begin() as conn:
+                run_id = db.start_run(conn, threshold, scope.value, dedup.METHOD, layout.name)
+            log.info("dedup.started", run=run_id, threshold=threshold, scope=scope.value,
+                     layout=layout.name, method=dedup.METHOD)
+            try:
+                summary = _run_steps(engine, run_id, threshold, scope, layout, counts)
+            except BaseException as exc:
+                with engine.begin() as conn:
+                    db.fail_run(conn, run_id, str(exc) or type(exc).__name__)
+                raise
+        finally:
+            db.unlock(lock)
+            lock.commit()
+    log.info("dedup.finished", run=run_id, clusters=summary["clusters"],
+             conversations_in_clusters=summary["conversations_in_clusters"],
+             signatures_computed=counts.signatures_computed, seconds=counts.seconds)
+    return summary
+
+
+def _run_steps(engine: Engine, run_id: int, threshold: float, scope: Scope,
+               layout: dedup.Layout, counts: Counts) -> dict[str, Any]:
+    start = time.perf_counter()
+    _timed(counts, "signatures", lambda: _sign(engine, layout, counts))
+    _timed(counts, "buckets", lambda: _rebucket(engine, layout, counts))
+    _timed(counts, "verify", lambda: _verify(engine, counts))
+    _, cross_cell = _timed(counts, "clusters",
+                           lambda: _cluster(engine, run_id, threshold, scope))
+    counts.seconds["total"] = round(time.perf_counter() - start, 3)
+    with engine.begin() as conn:
+        summary = _summary(conn, counts, threshold, scope, layout, cross_cell)
+        summary["run"] = run_id
+        db.finish_run(conn, run_id, orjson.dumps(summary, default=str).decode())
+    return summary
+
+
+# ------------------------------------------------------------ reports
+
+
+def _rate(duplicates: int, conversations: int) -> float:
+    return round(duplicates / conversations, 4) if conversations else 0.0
+
+
+def rates(conn: Connection) -> dict[str, Any]:
+    """Duplicate rates overall, per persona, arc, topic and cell (what --dedup removes)."""
+    out: dict[str, Any] = {"overall": None, "persona": [], "arc": [], "topic": [], "cell": []}
+    for row in db.duplicate_rates(conn):
+        level = row.pop("level")
+        row["duplicate_rate"] = _rate(row["duplicates"], row["conversations"])
+        if level == "all":
+            out["overall"] = {k: row[k] for k in ("conversations", "in_clusters", "duplicates",
+                                                  "duplicate_rate")}
+            continue
+        keep = ("persona", "arc", "topic") if level == "cell" else (level,)
+        out[level].append({**{k: row[k] for k in keep},
+                           **{k: row[k] for k in ("conversations", "in_clusters",
+                                                  "duplicates", "duplicate_rate")}})
+    for level in ("persona", "arc", "topic", "cell"):
+        out[level].sort(key=lambda r: (-r["duplicate_rate"], -r["conversations"],
+                                       tuple(str(r.get(k)) for k in ("persona", "arc", "topic"))))
+    return out
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: ([str(x) for x in v] if isinstance(v, list) else
+                str(v) if isinstance(v, uuid.UUID) else v) for k, v in row.items()}
+
+
+def report(conn: Connection) -> dict[str, Any]:
+    """What the last run left in the tables (also the `stats` section)."""
+    totals = db.cluster_totals(conn)
+    duplicate = rates(conn)
+    return {
+        "clusters": totals["clusters"],
+        "conversations_in_clusters": totals["in_clusters"],
+        "duplicates": totals["duplicates"],
+        "duplicate_rate": duplicate["overall"]["duplicate_rate"] if duplicate["overall"] else 0,
+        "cross_cell_clusters": totals["cross_cell_clusters"],
+        "duplicate_rates": duplicate,
+        "largest_clusters": [_jsonable(r) for r in db.largest_clusters(conn, LARGEST, SAMPLE)],
+        "repeated_responses": {**(found := db.repeated_responses(conn, TOP_RESPONSES)),
+                               "top": [_jsonable(r) for r in found["top"]]},
+        "unsigned_conversations": db.unsigned_conversations(conn),
+    }
+
+
+def _summary(conn: Connection, counts: Counts, threshold: float, scope: Scope,
+             layout: dedup.Layout, cross_cell: int) -> dict[str, Any]:
+    found = report(conn)
+    found["cross_cell_clusters"] = cross_cell  # whole-table clusters spanning cells
+    found["duplicate_rates"]["cell"] = found["duplicate_rates"]["cell"][:TOP_CELLS]
+    return {
+        "signatures_computed": counts.signatures_computed,
+        "signatures_reused": counts.signatures_reused,
+        "clusters": found.pop("clusters"),
+        "conversations_in_clusters": found.pop("conversations_in_clusters"),
+        "threshold": threshold,
+        "scope": scope.value,
+        "conversations": counts.conversations,
+        "texts_rebucketed": counts.texts_rebucketed,
+        "candidate_pairs_verified": counts.candidate_pairs,
+        "layout": {"bands": layout.bands, "rows": layout.rows, "num_perm": dedup.NUM_PERM,
+                   "recall_at_threshold": round(layout.candidate_probability(threshold), 4)},
+        "method": dedup.METHOD,
+        **found,
+        "seconds": counts.seconds,
+    }
