@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from worker import dedup_stats
 from worker.db import dataset
 from worker.sampling import STRATUM_FIELDS, SamplingError
 
@@ -79,6 +80,7 @@ def collect(engine: Engine, by: Sequence[str] = STRATUM_FIELDS,
         versions = dataset.version_counts(conn)
         failures = dataset.open_failure_counts(conn)
         known = dataset.known_keys(conn)
+        duplicates = dedup_stats.collect(conn)
     grand = next((r for r in rows if r["g"] == 7), None)
     subsets = [combo for size in range(1, len(by) + 1)
                for combo in itertools.combinations(by, size)]
@@ -105,6 +107,7 @@ def collect(engine: Engine, by: Sequence[str] = STRATUM_FIELDS,
         "breakdowns": [{"dimensions": list(dims), "rows": _breakdown(rows, dims)}
                        for dims in subsets],
         "cells": _cells(rows, by, known, thin),
+        "duplicates": duplicates,
     }
 
 
@@ -162,3 +165,4 @@ def print_text(stats: dict[str, Any], out: Out) -> None:
             more = len(cells[kind]) - len(listed)
             names = ", ".join("|".join(_label(c[d]) for d in cells["dimensions"]) for c in listed)
             out(f"  {kind}: {names}" + (f" (+{more} more: --json lists all)" if more else ""))
+    dedup_stats.print_text(stats.get("duplicates"), out)

@@ -13,6 +13,7 @@ import html
 import json
 from typing import Any
 
+from worker import dedup_stats
 from worker.stats import DIMENSION_TITLE, NONE_LABEL
 
 
@@ -206,6 +207,7 @@ def render(stats: dict[str, Any]) -> str:
         ["status failed", stats["enrichment_status"]["failed"]],
         ["status pending", stats["enrichment_status"]["pending"]],
     ]))
+    parts.append(dedup_stats.render_html(stats.get("duplicates"), _table))
     parts.append(f'<script type="application/json" id="chart-data">'
                  f"{_script_json(charts(stats))}</script>")
     parts.append(f"<script>{SCRIPT}</script>")
