@@ -78,8 +78,7 @@ def _sign_window(conn: Connection, window: db.Window, layout: dedup.Layout,
         else:
             fresh.append((source, body))
     sketches = dedup.sketch_page(fresh)
-    db.write_sketches(conn, sketches, dedup.METHOD, layout.name,
-                      [dedup.buckets(s.signature, layout) for s in sketches])
+    db.write_sketches(conn, sketches, dedup.METHOD, layout)
     db.touch_sources(conn, [s.conversation_id for s in kept], [s.source_hash for s in kept])
     db.write_responses(conn, [s.conversation_id for s in sources],
                        [dedup.responses(s.turns) for s in sources])
@@ -111,8 +110,7 @@ def _rebucket(engine: Engine, layout: dedup.Layout, counts: Counts) -> None:
             stale = db.stale_layout(conn, layout.name, WINDOW)
             if not stale:
                 return
-            db.rebucket(conn, [h for h, _ in stale], layout.name,
-                        [dedup.buckets(sig, layout) for _, sig in stale])
+            db.rebucket(conn, stale, layout)
         counts.texts_rebucketed += len(stale)
 
 

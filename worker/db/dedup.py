@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from worker.dedup import Member, Sketch
+from worker.dedup import Layout, Member, Sketch
 
 LOCK_KEY = 0x7265656E_64656470  # pg advisory lock: one dedup run at a time
 CANDIDATE_BATCH = 2000
@@ -101,8 +101,8 @@ def count_conversations(conn: Connection) -> int:
     return int(conn.execute(text("SELECT count(*) FROM conversations")).scalar_one())
 
 
-def write_sketches(conn: Connection, sketches: Sequence[Sketch], method: str, layout: str,
-                   buckets: Sequence[Sequence[int]]) -> None:
+def write_sketches(conn: Connection, sketches: Sequence[Sketch], method: str,
+                   layout: Layout) -> None:
     """Store new signatures (pending: their pairs are to be searched) and their buckets."""
     if not sketches:
         return
@@ -119,26 +119,35 @@ def write_sketches(conn: Connection, sketches: Sequence[Sketch], method: str, la
             text_hash = EXCLUDED.text_hash, signature = EXCLUDED.signature,
             shingles = EXCLUDED.shingles, layout = EXCLUDED.layout, pending = true,
             computed_at = now()
-    """), {"ids": [s.conversation_id for s in sketches], "method": method, "layout": layout,
+    """), {"ids": [s.conversation_id for s in sketches], "method": method, "layout": layout.name,
            "source_hashes": [s.source_hash for s in sketches],
            "text_hashes": [s.text_hash for s in sketches],
            "signatures": [s.signature for s in sketches],
            "shingles": [s.shingles for s in sketches]})
     # A text's buckets are remade from its new signature (another method leaves none behind).
+    hashes = list({s.text_hash for s in sketches})
     conn.execute(text("DELETE FROM dedup_buckets WHERE text_hash = ANY(:hashes)"),
-                 {"hashes": list({s.text_hash for s in sketches})})
-    insert_buckets(conn, [s.text_hash for s in sketches], buckets)
+                 {"hashes": hashes})
+    insert_buckets(conn, hashes, layout)
 
 
-def insert_buckets(conn: Connection, text_hashes: Sequence[bytes],
-                   buckets: Sequence[Sequence[int]]) -> None:
-    hashes = [h for h, row in zip(text_hashes, buckets, strict=True) for _ in row]
-    values = [b for row in buckets for b in row]
-    conn.execute(text("""
-        INSERT INTO dedup_buckets (text_hash, bucket)
-        SELECT * FROM unnest(CAST(:hashes AS bytea[]), CAST(:buckets AS bigint[]))
-        ON CONFLICT DO NOTHING
-    """), {"hashes": hashes, "buckets": values})
+# A band's bucket: PostgreSQL's stable 64-bit text hash (the one hash partitioning
+# relies on) of the band's values, seeded with the band number and width.
+_BUCKETS = text("""
+INSERT INTO dedup_buckets (text_hash, bucket)
+SELECT DISTINCT s.text_hash,
+       hashtextextended(encode(substr(s.signature, band * :width + 1, :width), 'hex'),
+                        band * 1000 + :rows)
+FROM (SELECT DISTINCT ON (text_hash) text_hash, signature FROM dedup_signatures
+      WHERE text_hash = ANY(:hashes) ORDER BY text_hash) s
+CROSS JOIN generate_series(0, :bands - 1) AS band
+ON CONFLICT DO NOTHING
+""")
+
+
+def insert_buckets(conn: Connection, text_hashes: Sequence[bytes], layout: Layout) -> None:
+    conn.execute(_BUCKETS, {"hashes": list(text_hashes), "width": 4 * layout.rows,
+                            "rows": layout.rows, "bands": layout.bands})
 
 
 def touch_sources(conn: Connection, ids: Sequence[uuid.UUID], source_hashes: Sequence[str]
@@ -169,23 +178,22 @@ def write_responses(conn: Connection, ids: Sequence[uuid.UUID],
            "previews": [r[2] for r in rows]})
 
 
-def stale_layout(conn: Connection, layout: str, limit: int) -> list[tuple[bytes, bytes]]:
-    """(text hash, signature) of texts whose buckets were made with another banding."""
+def stale_layout(conn: Connection, layout: str, limit: int) -> list[bytes]:
+    """Texts whose buckets were made with another banding."""
     rows = conn.execute(text("""
-        SELECT DISTINCT ON (text_hash) text_hash, signature FROM dedup_signatures
+        SELECT DISTINCT text_hash FROM dedup_signatures
         WHERE layout <> :layout ORDER BY text_hash LIMIT :limit
     """), {"layout": layout, "limit": limit}).all()
-    return [(bytes(r.text_hash), bytes(r.signature)) for r in rows]
+    return [bytes(r.text_hash) for r in rows]
 
 
-def rebucket(conn: Connection, text_hashes: Sequence[bytes], layout: str,
-             buckets: Sequence[Sequence[int]]) -> None:
+def rebucket(conn: Connection, text_hashes: Sequence[bytes], layout: Layout) -> None:
     conn.execute(text("DELETE FROM dedup_buckets WHERE text_hash = ANY(:hashes)"),
                  {"hashes": list(text_hashes)})
-    insert_buckets(conn, text_hashes, buckets)
+    insert_buckets(conn, text_hashes, layout)
     conn.execute(text("UPDATE dedup_signatures SET layout = :layout, pending = true "
                       "WHERE text_hash = ANY(:hashes)"),
-                 {"hashes": list(text_hashes), "layout": layout})
+                 {"hashes": list(text_hashes), "layout": layout.name})
 
 
 def drop_orphans(conn: Connection, old_hashes: Sequence[bytes]) -> None:
