@@ -54,22 +54,32 @@ def with_db(url: str, name: str) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
+# The CLI with its own peak RSS (VmHWM) printed at exit: ru_maxrss of a child
+# forked from this (large) process would count the parent's pages too.
+_HWM = ("import atexit, runpy, sys\n"
+        "atexit.register(lambda: sys.stderr.write(next(l for l in open('/proc/self/status')"
+        " if l.startswith('VmHWM:'))))\n"
+        "sys.argv = ['reenrich', *sys.argv[1:]]\n"
+        "runpy.run_module('worker', run_name='__main__')\n")
+
+
 def spawn(url: str, *args: str) -> tuple[float, int, str]:
     """Run the CLI; (wall seconds, peak RSS kB of that process, stdout)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REENRICH_")}
     env.update(DATABASE_URL=url, REENRICH_LOG_LEVEL="WARNING")
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "worker", *args], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-c", _HWM, *args], cwd=ROOT, env=env,
                                 stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         if proc.returncode:
             raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}): {err.read()[-2000:]}")
-        return wall, int(usage.ru_maxrss), out.read()
+        peak = [line for line in err.read().splitlines() if line.startswith("VmHWM:")]
+        return wall, int(peak[-1].split()[1]) if peak else 0, out.read()
 
 
 def records(n: int, copies: int, seed: int) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
