@@ -353,3 +353,22 @@ def test_stats_show_duplicate_rates(planted: Planted, db_url: str) -> None:
     assert found["largest_clusters"][0]["size"] == 3
     text_out = run_cli(db_url, "stats")
     assert "duplicate rate" in text_out.stdout
+
+
+def test_readme_worked_example() -> None:
+    a = [{"content": "I have $2,000 extra each month and I keep flip-flopping."}]
+    b = [{"content": "I have $2,000 extra each month and I keep changing my mind."}]
+    assert exact_jaccard(a, b) == 6 / 11
+    assert shingle_set([{"content": "I have $２,０００ EXTRA"}]) == \
+        shingle_set([{"content": "i have $2,000 extra"}])
+    assert len(shingle_set([{"content": "too short"}])) == 1
+
+
+def test_stats_page_has_the_section(planted: Planted, db_url: str, tmp_path: Path) -> None:
+    page = tmp_path / "stats.html"
+    before = run_cli(db_url, "stats", "--html", str(page))
+    assert before.returncode == 0, before.stderr
+    assert "Not computed" in page.read_text(encoding="utf-8")
+    assert run_cli(db_url, "dedup").returncode == 0
+    assert run_cli(db_url, "stats", "--html", str(page)).returncode == 0
+    assert "Duplicate rate by persona" in page.read_text(encoding="utf-8")
