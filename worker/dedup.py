@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from importlib.metadata import version
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,10 @@ DEFAULT_QUALITY = 3.0  # the contract's score for a row without one
 PREVIEW_CHARS = 80
 
 TOKEN = re.compile(r"\w+")
-METHOD = f"rensa-rminhash-v{rensa.RMinHash.ALGORITHM_VERSION}-p{NUM_PERM}-s{SEED}"
+# Names how a signature was made: another library version, fold or seed is recomputed.
+SHINGLE_FOLD = 2
+METHOD = (f"rensa-{version('rensa')}-rminhash-v{rensa.RMinHash.ALGORITHM_VERSION}"
+          f"-fold{SHINGLE_FOLD}-p{NUM_PERM}-s{SEED}")
 
 
 class Scope(StrEnum):
@@ -124,7 +128,7 @@ class Sketch:
     source_hash: str
     text_hash: bytes
     signature: bytes  # NUM_PERM uint32, little-endian
-    shingles: int  # distinct shingles
+    shingles: int  # runs of 5 tokens, repeats included
 
 
 def responses(turns: Any) -> tuple[tuple[bytes, str], ...]:
@@ -156,24 +160,26 @@ def _mix(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 def shingle_hashes(words: Sequence[str]) -> np.ndarray[Any, Any]:
     """The 64-bit hashes of a text's shingles (repeats included): what is signed.
 
-    Tokens are hashed by rensa (stable across runs); a run of 5 is folded
-    position by position, so the hash is that of the sequence. Signing these
-    instead of joined strings is ~2x faster; a collision of two distinct
-    shingles has a chance of about 2^-64 and the exact check never uses them.
+    Tokens are hashed by rensa (stable across runs); a run of 5 is folded as
+    a polynomial in an odd 64-bit constant, then mixed, so the hash is that of
+    the sequence. Signing these instead of joined strings is ~2x faster; two
+    distinct shingles collide with a chance of about 2^-64, and the exact
+    check (strings) never uses them.
     """
     hashed = np.asarray(rensa.RMinHash.hash_token_sets([list(words)])[0], dtype=np.uint64)
-    if len(hashed) < SHINGLE_SIZE:
-        acc = np.array([len(hashed)], dtype=np.uint64)
-        for value in hashed:
-            acc = _mix(acc ^ value) * _MIX[0]
-        short: np.ndarray[Any, Any] = _mix(acc)
-        return short
-    width = len(hashed) - SHINGLE_SIZE + 1
-    acc = hashed[:width].copy()
+    count = len(hashed)
     with np.errstate(over="ignore"):
+        if count < SHINGLE_SIZE:
+            acc = np.uint64(count)
+            for value in hashed:
+                acc = acc * _MIX[0] + value
+            return _mix(np.array([acc], dtype=np.uint64))
+        width = count - SHINGLE_SIZE + 1
+        folded = hashed[:width].copy()
         for i in range(1, SHINGLE_SIZE):
-            acc = _mix(acc * _MIX[0]) ^ hashed[i:i + width]
-        return _mix(acc)
+            folded *= _MIX[0]
+            folded += hashed[i:i + width]
+        return _mix(folded)
 
 
 def sketch_page(sources: Sequence[tuple[Source, str]]) -> list[Sketch]:
@@ -189,7 +195,7 @@ def sketch_page(sources: Sequence[tuple[Source, str]]) -> list[Sketch]:
         flat, offsets, NUM_PERM, SEED).to_rows(), dtype="<u4")
     return [Sketch(conversation_id=s.conversation_id, source_hash=s.source_hash,
                    text_hash=text_hash(t), signature=matrix[i].tobytes(),
-                   shingles=len(np.unique(row)))
+                   shingles=len(row))
             for i, ((s, t), row) in enumerate(zip(sources, rows, strict=True))]
 
 

@@ -34,6 +34,7 @@ from worker.errors import ReenrichError
 log = structlog.get_logger("reenrich.dedup")
 
 WINDOW = 1000  # rows scanned per transaction in step 1
+ANALYZE_SHARE = 0.1  # refresh statistics when more of the table than this was signed
 SHINGLE_CACHE = 512  # texts whose shingle sets are kept while verifying
 LARGEST = 10  # clusters listed in the summary
 SAMPLE = 5  # ids shown per cluster in the summary
@@ -94,11 +95,14 @@ def _sign(engine: Engine, layout: dedup.Layout, counts: Counts) -> None:
         with engine.begin() as conn:
             window = db.read_window(conn, after, WINDOW, dedup.METHOD)
             if not window.scanned:
-                return
+                break
             _sign_window(conn, window, layout, counts)
         after = window.last
         log.debug("dedup.signed", scanned=counts.conversations,
                   computed=counts.signatures_computed)
+    if counts.signatures_computed > ANALYZE_SHARE * counts.conversations:
+        with engine.begin() as conn:
+            db.analyze(conn)  # autovacuum would, later: the next step needs the sizes now
 
 
 # ------------------------------------------------------------ steps 2 and 3
@@ -163,6 +167,7 @@ def _verify(engine: Engine, counts: Counts) -> None:
 def _cluster(engine: Engine, run_id: int, threshold: float, scope: Scope
              ) -> tuple[list[dedup.Cluster], int]:
     with engine.begin() as conn:
+        db.no_jit(conn)
         members = db.members(conn, threshold)
         near = db.near_pairs(conn, threshold)
         clusters = dedup.make_clusters(members, near, scope)

@@ -8,8 +8,8 @@
   the permutations and the seed: a signature made another way is recomputed.
   `layout` is the LSH banding its buckets were made with; `pending` means its
   candidate pairs have not been searched yet (an interrupted run resumes).
-- `dedup_buckets`: the LSH band buckets of each distinct text (a bigint
-  hashes the band's number, width and values). Two texts sharing a bucket
+- `dedup_buckets`: the LSH band buckets of each distinct text (each a bigint
+  hashing the band's number, width and values). Two texts sharing a bucket
   are a candidate pair.
 - `dedup_pairs`: every candidate pair of texts verified so far, with its
   exact Jaccard similarity (a < b, by text hash).
@@ -42,7 +42,7 @@ CREATE TABLE dedup_signatures (
     source_hash     text NOT NULL,
     text_hash       bytea NOT NULL,
     signature       bytea NOT NULL,
-    shingles        integer NOT NULL CHECK (shingles >= 1),
+    shingles        integer NOT NULL CHECK (shingles >= 1),  -- runs of 5 tokens, with repeats
     layout          text NOT NULL,
     pending         boolean NOT NULL DEFAULT true,
     computed_at     timestamptz NOT NULL DEFAULT now()
@@ -53,12 +53,12 @@ CREATE INDEX dedup_signatures_pending_idx ON dedup_signatures (text_hash) WHERE 
 -- Buckets and pairs belong to texts (a signature and a similarity depend on
 -- the text only): exact copies share them, and they stay valid while any
 -- conversation has that text.
+-- One row per text, its bands' buckets in an array: no index on the buckets
+-- (a run joins them with a hash join, which costs less than keeping an index).
 CREATE TABLE dedup_buckets (
-    text_hash bytea NOT NULL,
-    bucket    bigint NOT NULL,
-    PRIMARY KEY (text_hash, bucket)
+    text_hash bytea PRIMARY KEY,
+    buckets   bigint[] NOT NULL
 );
-CREATE INDEX dedup_buckets_bucket_idx ON dedup_buckets (bucket);
 
 CREATE TABLE dedup_pairs (
     a          bytea NOT NULL,
@@ -109,7 +109,6 @@ CREATE TABLE dedup_responses (
     preview         text NOT NULL,
     PRIMARY KEY (conversation_id, response_hash)
 );
-CREATE INDEX dedup_responses_hash_idx ON dedup_responses (response_hash);
 """
 
 DOWNGRADE = """

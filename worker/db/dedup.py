@@ -9,10 +9,11 @@ pairs are keyed by the text's hash (see migration 0007).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, text
 
 from worker.dedup import Layout, Member, Sketch
@@ -101,47 +102,71 @@ def count_conversations(conn: Connection) -> int:
     return int(conn.execute(text("SELECT count(*) FROM conversations")).scalar_one())
 
 
+def _raw(conn: Connection) -> psycopg.Connection[Any]:
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    return driver
+
+
+def _copy(conn: Connection, table: str, rows: Iterable[Sequence[Any]]) -> None:
+    """COPY rows into one of this module's staging tables (cheaper than bound arrays)."""
+    conn.execute(text(_STAGES[table]))
+    with _raw(conn).cursor().copy(_COPY_INTO[table]) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+# Staging tables (temporary, emptied at commit) and their COPY statements.
+_STAGES = {
+    "signatures": """CREATE TEMPORARY TABLE IF NOT EXISTS dedup_stage_signatures (
+        conversation_id uuid, source_hash text, text_hash bytea, signature bytea,
+        shingles integer) ON COMMIT DELETE ROWS""",
+    "responses": """CREATE TEMPORARY TABLE IF NOT EXISTS dedup_stage_responses (
+        conversation_id uuid, response_hash bytea, preview text) ON COMMIT DELETE ROWS""",
+}
+_COPY_INTO = {
+    "signatures": "COPY dedup_stage_signatures (conversation_id, source_hash, text_hash, "
+                  "signature, shingles) FROM STDIN",
+    "responses": "COPY dedup_stage_responses (conversation_id, response_hash, preview) "
+                 "FROM STDIN",
+}
+
+
 def write_sketches(conn: Connection, sketches: Sequence[Sketch], method: str,
                    layout: Layout) -> None:
     """Store new signatures (pending: their pairs are to be searched) and their buckets."""
     if not sketches:
         return
+    _copy(conn, "signatures", ((s.conversation_id, s.source_hash, s.text_hash, s.signature,
+                                    s.shingles) for s in sketches))
     conn.execute(text("""
         INSERT INTO dedup_signatures AS s (conversation_id, method, source_hash, text_hash,
                                            signature, shingles, layout, pending)
-        SELECT u.id, :method, u.source_hash, u.text_hash, u.signature, u.shingles, :layout, true
-        FROM unnest(CAST(:ids AS uuid[]), CAST(:source_hashes AS text[]),
-                    CAST(:text_hashes AS bytea[]), CAST(:signatures AS bytea[]),
-                    CAST(:shingles AS integer[]))
-             AS u (id, source_hash, text_hash, signature, shingles)
+        SELECT conversation_id, :method, source_hash, text_hash, signature, shingles,
+               :layout, true
+        FROM dedup_stage_signatures
         ON CONFLICT (conversation_id) DO UPDATE
         SET method = EXCLUDED.method, source_hash = EXCLUDED.source_hash,
             text_hash = EXCLUDED.text_hash, signature = EXCLUDED.signature,
             shingles = EXCLUDED.shingles, layout = EXCLUDED.layout, pending = true,
             computed_at = now()
-    """), {"ids": [s.conversation_id for s in sketches], "method": method, "layout": layout.name,
-           "source_hashes": [s.source_hash for s in sketches],
-           "text_hashes": [s.text_hash for s in sketches],
-           "signatures": [s.signature for s in sketches],
-           "shingles": [s.shingles for s in sketches]})
-    # A text's buckets are remade from its new signature (another method leaves none behind).
-    hashes = list({s.text_hash for s in sketches})
-    conn.execute(text("DELETE FROM dedup_buckets WHERE text_hash = ANY(:hashes)"),
-                 {"hashes": hashes})
-    insert_buckets(conn, hashes, layout)
+    """), {"method": method, "layout": layout.name})
+    conn.execute(text("DELETE FROM dedup_stage_signatures"))
+    # A text's buckets are remade from its new signature (upserted: one row per text).
+    insert_buckets(conn, list({s.text_hash for s in sketches}), layout)
 
 
 # A band's bucket: PostgreSQL's stable 64-bit text hash (the one hash partitioning
 # relies on) of the band's values, seeded with the band number and width.
 _BUCKETS = text("""
-INSERT INTO dedup_buckets (text_hash, bucket)
-SELECT DISTINCT s.text_hash,
-       hashtextextended(encode(substr(s.signature, band * :width + 1, :width), 'hex'),
-                        band * 1000 + :rows)
+INSERT INTO dedup_buckets (text_hash, buckets)
+SELECT s.text_hash,
+       ARRAY(SELECT hashtextextended(encode(substr(s.signature, band * :width + 1, :width),
+                                            'hex'), band * 1000 + :rows)
+             FROM generate_series(0, :bands - 1) AS band ORDER BY band)
 FROM (SELECT DISTINCT ON (text_hash) text_hash, signature FROM dedup_signatures
       WHERE text_hash = ANY(:hashes) ORDER BY text_hash) s
-CROSS JOIN generate_series(0, :bands - 1) AS band
-ON CONFLICT DO NOTHING
+ON CONFLICT (text_hash) DO UPDATE SET buckets = EXCLUDED.buckets
 """)
 
 
@@ -168,14 +193,14 @@ def write_responses(conn: Connection, ids: Sequence[uuid.UUID],
         return
     conn.execute(text("DELETE FROM dedup_responses WHERE conversation_id = ANY(:ids)"),
                  {"ids": list(ids)})
-    rows = [(cid, h, p) for cid, found in zip(ids, responses, strict=True) for h, p in found]
+    _copy(conn, "responses", ((cid, h, preview) for cid, found in
+                                  zip(ids, responses, strict=True) for h, preview in found))
     conn.execute(text("""
         INSERT INTO dedup_responses (conversation_id, response_hash, preview)
-        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS bytea[]),
-                             CAST(:previews AS text[]))
+        SELECT conversation_id, response_hash, preview FROM dedup_stage_responses
         ON CONFLICT DO NOTHING
-    """), {"ids": [r[0] for r in rows], "hashes": [r[1] for r in rows],
-           "previews": [r[2] for r in rows]})
+    """))
+    conn.execute(text("DELETE FROM dedup_stage_responses"))
 
 
 def stale_layout(conn: Connection, layout: str, limit: int) -> list[bytes]:
@@ -188,8 +213,6 @@ def stale_layout(conn: Connection, layout: str, limit: int) -> list[bytes]:
 
 
 def rebucket(conn: Connection, text_hashes: Sequence[bytes], layout: Layout) -> None:
-    conn.execute(text("DELETE FROM dedup_buckets WHERE text_hash = ANY(:hashes)"),
-                 {"hashes": list(text_hashes)})
     insert_buckets(conn, text_hashes, layout)
     conn.execute(text("UPDATE dedup_signatures SET layout = :layout, pending = true "
                       "WHERE text_hash = ANY(:hashes)"),
@@ -216,23 +239,39 @@ def drop_orphans(conn: Connection, old_hashes: Sequence[bytes]) -> None:
 
 # ------------------------------------------------------------------ candidates
 
-# Text pairs sharing a bucket where one side is pending, not verified yet.
-_CANDIDATES = text("""
+# Text pairs sharing a bucket where one side is pending, not verified yet. They
+# are staged in a temporary table first: planned as a cursor (for the first
+# rows fast), the join would take nested loops over the whole bucket table.
+_STAGE_CANDIDATES = text("""
+CREATE TEMPORARY TABLE dedup_candidates ON COMMIT DROP AS
+WITH x AS (SELECT b.text_hash, unnest(b.buckets) AS bucket FROM dedup_buckets b
+           WHERE b.text_hash IN (SELECT text_hash FROM dedup_signatures WHERE pending)),
+     y AS (SELECT text_hash, unnest(buckets) AS bucket FROM dedup_buckets)
 SELECT DISTINCT LEAST(x.text_hash, y.text_hash) AS a, GREATEST(x.text_hash, y.text_hash) AS b
-FROM (SELECT DISTINCT text_hash FROM dedup_signatures WHERE pending) p
-JOIN dedup_buckets x ON x.text_hash = p.text_hash
-JOIN dedup_buckets y ON y.bucket = x.bucket AND y.text_hash <> x.text_hash
+FROM x JOIN y ON y.bucket = x.bucket AND y.text_hash <> x.text_hash
 WHERE NOT EXISTS (SELECT 1 FROM dedup_pairs v
                   WHERE v.a = LEAST(x.text_hash, y.text_hash)
                     AND v.b = GREATEST(x.text_hash, y.text_hash))
-ORDER BY 1, 2
 """)
 
 
+def no_jit(conn: Connection) -> None:
+    """For this transaction: compiling the few big queries of a run costs more than it saves."""
+    conn.execute(text("SET LOCAL jit = off"))
+
+
+def analyze(conn: Connection) -> None:
+    """Fresh statistics after a bulk load, so the candidate join is planned on real sizes."""
+    conn.execute(text("ANALYZE dedup_signatures, dedup_buckets"))
+
+
 def candidates(conn: Connection) -> Iterator[list[tuple[bytes, bytes]]]:
-    """Unverified candidate pairs in batches (a server-side cursor: memory stays flat)."""
+    """Unverified candidate pairs in batches, in (a, b) order (inside the caller's
+    transaction; a server-side cursor over the staged pairs keeps memory flat)."""
+    no_jit(conn)
+    conn.execute(_STAGE_CANDIDATES)
     result = conn.execution_options(stream_results=True, yield_per=CANDIDATE_BATCH).execute(
-        _CANDIDATES)
+        text("SELECT a, b FROM dedup_candidates ORDER BY a, b"))
     for part in result.partitions(CANDIDATE_BATCH):
         yield [(bytes(r.a), bytes(r.b)) for r in part]
 
