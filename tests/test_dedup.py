@@ -218,6 +218,14 @@ def test_incremental_run_reuses_signatures_and_recomputes_changed_text(
     assert again["signatures_reused"] == first["signatures_computed"]
     assert again["candidate_pairs_verified"] == 0
 
+    # Every row is updated (as a backfill does) but no turns change: nothing is signed.
+    raw.execute("UPDATE conversations SET enrichment_error = NULL")
+    touched = run_dedup(engine)
+    assert touched["signatures_computed"] == 0
+    assert raw.execute("SELECT count(*) FROM dedup_signatures s JOIN conversations c "
+                       "USING (conversation_id) WHERE s.row_xmin::text <> c.xmin::text"
+                       ).fetchone() == (0,)
+
     # An emotion label changes: the turns hash changes, the text does not.
     near_id = planted.near["conversation_id"]
     raw.execute("""UPDATE conversations SET parsed_json = jsonb_set(parsed_json,
@@ -372,3 +380,12 @@ def test_stats_page_has_the_section(planted: Planted, db_url: str, tmp_path: Pat
     assert run_cli(db_url, "dedup").returncode == 0
     assert run_cli(db_url, "stats", "--html", str(page)).returncode == 0
     assert "Duplicate rate by persona" in page.read_text(encoding="utf-8")
+
+
+def test_show_refuses_run_flags_and_says_when_empty(db_url: str) -> None:
+    done = run_cli(db_url, "dedup", "--show", "--threshold", "0.8")
+    assert done.returncode == 2
+    assert "--show" in done.stderr
+    empty = run_cli(db_url, "dedup", "--show")
+    assert empty.returncode == 0 and empty.stdout == ""
+    assert "dedup.no_clusters" in empty.stderr

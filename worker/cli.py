@@ -356,10 +356,13 @@ def cmd_stats(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_dedup(args: argparse.Namespace, ctx: Context) -> int:
     from worker.dedup_cli import command
-    from worker.errors import ReenrichError
+    from worker.errors import ReenrichError, UsageError
 
     try:
         return command(args, ctx.engine(), out=_write)
+    except UsageError as exc:
+        sys.stderr.write(f"reenrich: {exc}\n")
+        return EXIT_USAGE
     except ReenrichError as exc:
         raise CommandError(str(exc)) from exc
 

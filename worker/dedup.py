@@ -111,7 +111,8 @@ class Source:
     """A conversation as read for signing: its stored turns and their hash."""
 
     conversation_id: uuid.UUID
-    source_hash: str
+    row_xmin: int
+    source_hash: int
     turns: Any
     old_text_hash: bytes | None = None  # of its stored signature, if any of this method
 
@@ -125,7 +126,8 @@ class Sketch:
     """What is stored per conversation."""
 
     conversation_id: uuid.UUID
-    source_hash: str
+    row_xmin: int
+    source_hash: int
     text_hash: bytes
     signature: bytes  # NUM_PERM uint32, little-endian
     shingles: int  # runs of 5 tokens, repeats included
@@ -193,7 +195,8 @@ def sketch_page(sources: Sequence[tuple[Source, str]]) -> list[Sketch]:
     offsets[1:] = np.cumsum([len(r) for r in rows])
     matrix = np.asarray(rensa.RMinHash.digest_matrix_from_flat_token_hashes(
         flat, offsets, NUM_PERM, SEED).to_rows(), dtype="<u4")
-    return [Sketch(conversation_id=s.conversation_id, source_hash=s.source_hash,
+    return [Sketch(conversation_id=s.conversation_id, row_xmin=s.row_xmin,
+                   source_hash=s.source_hash,
                    text_hash=text_hash(t), signature=matrix[i].tobytes(),
                    shingles=len(row))
             for i, ((s, t), row) in enumerate(zip(sources, rows, strict=True))]

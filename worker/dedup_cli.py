@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from worker.errors import UsageError
+
 # Only what building the parser needs is imported at the top: every command
 # builds it, and the MinHash libraries are for `dedup` alone.
 Out = Callable[[str], None]
@@ -44,6 +46,9 @@ def command(args: argparse.Namespace, engine: Engine, out: Out) -> int:
     from worker.dedup_job import run_dedup
 
     if args.show:
+        if args.threshold is not None or args.within_cell:
+            raise UsageError("--show prints the stored clusters: give --threshold and "
+                             "--within-cell to a run (`reenrich dedup`), not to --show")
         return show(engine, as_json=args.json, out=out)
     scope = dedup.Scope.CELL if args.within_cell else dedup.Scope.TABLE
     threshold = dedup.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
@@ -57,9 +62,11 @@ def command(args: argparse.Namespace, engine: Engine, out: Out) -> int:
 
 def show(engine: Engine, *, as_json: bool, out: Out) -> int:
     import orjson
+    import structlog
 
     from worker.db import dedup as db
 
+    shown = 0
     with engine.connect() as conn, conn.begin():
         for row in db.all_clusters(conn):
             members = [str(m) for m in row["members"]]
@@ -72,6 +79,11 @@ def show(engine: Engine, *, as_json: bool, out: Out) -> int:
             else:
                 out(f"{row['cluster_id']}  size {row['size']}  representative "
                     f"{row['representative']}  cells {row['cells']}: {' '.join(members)}")
+            shown += 1
+        if not shown:
+            structlog.get_logger("reenrich.dedup").warning(
+                "dedup.no_clusters", message="no clusters stored: run `reenrich dedup` "
+                "(none found, or it never ran)")
     return 0
 
 

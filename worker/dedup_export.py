@@ -12,7 +12,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from sqlalchemy import Connection
+
+log = structlog.get_logger("reenrich.export")
 
 NEAR_DUPLICATE = "near_duplicate"  # the removal reason of `export --dedup`
 
@@ -43,6 +46,13 @@ class ExportClusters:
 
     def report(self, dedup: bool) -> dict[str, Any]:
         run = self.last_run
+        if dedup and run is None:
+            log.warning("export.dedup_not_computed", message="--dedup removed nothing: no "
+                        "clusters are stored; run `reenrich dedup` first")
+        elif dedup and self.unsigned:
+            log.warning("export.dedup_stale", conversations=self.unsigned,
+                        message="conversations arrived since the last `reenrich dedup` and "
+                                "are in no cluster: run it again before exporting")
         return {
             "applied": dedup,
             "clusters": len(set(self.cluster_of.values())),

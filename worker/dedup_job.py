@@ -2,10 +2,11 @@
 
 One run, four steps, each committed as it goes so an interrupted run loses
 nothing it finished:
-1. signatures: the table in id order, windows of WINDOW rows; PostgreSQL
-   says which rows have no signature of this method or changed turns (md5);
-   only those are sent here. A row whose turns changed but whose text did
-   not (an emotion label edited) keeps its signature.
+1. signatures: the table in id order, windows of WINDOW rows. A row not
+   updated since it was signed (same xmin) costs nothing; for an updated
+   row PostgreSQL hashes its turns, and only rows with no signature of this
+   method or changed turns are sent here. A row whose turns changed but
+   whose text did not (an emotion label edited) keeps its signature.
 2. buckets: if the threshold asks for another banding, every distinct
    text's buckets are rebuilt from its stored signature (no text is read).
 3. candidates: text pairs sharing a bucket with a pending text, not verified
@@ -68,19 +69,22 @@ def _parse(turns: str) -> Any:
 
 def _sign_window(conn: Connection, window: db.Window, layout: dedup.Layout,
                  counts: Counts) -> None:
-    sources = [Source(cid, source_hash, _parse(turns), old)
-               for cid, source_hash, turns, old in window.changed]
+    changed = [seen for seen in window.updated if seen.turns_changed]
+    touched = [seen for seen in window.updated if not seen.turns_changed]
+    turns = db.turns_of(conn, [seen.conversation_id for seen in changed])
+    sources = [Source(seen.conversation_id, seen.row_xmin, seen.source_hash,
+                      _parse(turns.get(seen.conversation_id, "null")), seen.old_text_hash)
+               for seen in changed]
     fresh: list[tuple[Source, str]] = []
-    kept: list[Source] = []
-    for source in sources:
+    for seen, source in zip(changed, sources, strict=True):
         body = source.text
         if source.old_text_hash is not None and source.old_text_hash == dedup.text_hash(body):
-            kept.append(source)
+            touched.append(seen)  # the turns changed, not the text (an emotion label)
         else:
             fresh.append((source, body))
     sketches = dedup.sketch_page(fresh)
     db.write_sketches(conn, sketches, dedup.METHOD, layout)
-    db.touch_sources(conn, [s.conversation_id for s in kept], [s.source_hash for s in kept])
+    db.touch(conn, touched)
     db.write_responses(conn, [s.conversation_id for s in sources],
                        [dedup.responses(s.turns) for s in sources])
     db.drop_orphans(conn, [s.old_text_hash for s, _ in fresh if s.old_text_hash is not None])

@@ -2,9 +2,12 @@
 
 - `dedup_signatures`: one MinHash signature per conversation with the hash
   of the text it was computed from (`text_hash`, sha256 of the normalised
-  text) and `source_hash`, the md5 of the stored turns (`parsed_json ->
-  'turns'`) that PostgreSQL computes itself, so finding what changed needs no
-  row sent to the worker. `method` names the library, its algorithm version,
+  text). Finding what changed needs no row sent to the worker: `row_xmin` is
+  the conversation row's `xmin` when it was last looked at (a row not
+  updated since is skipped without reading its documents), `source_hash` the
+  hash PostgreSQL computes of the stored turns (`jsonb_hash_extended(
+  parsed_json -> 'turns', 0)`: an update that left the turns alone, like
+  the backfill's, costs that hash and no text). `method` names the library, its algorithm version,
   the permutations and the seed: a signature made another way is recomputed.
   `layout` is the LSH banding its buckets were made with; `pending` means its
   candidate pairs have not been searched yet (an interrupted run resumes).
@@ -39,7 +42,8 @@ CREATE TABLE dedup_signatures (
     conversation_id uuid PRIMARY KEY
         REFERENCES conversations (conversation_id) ON DELETE CASCADE,
     method          text NOT NULL,
-    source_hash     text NOT NULL,
+    row_xmin        bigint NOT NULL,
+    source_hash     bigint NOT NULL,
     text_hash       bytea NOT NULL,
     signature       bytea NOT NULL,
     shingles        integer NOT NULL CHECK (shingles >= 1),  -- runs of 5 tokens, with repeats

@@ -63,39 +63,65 @@ def last_run(conn: Connection) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------ signatures
 
-# One window of the table in id order: every row's id and turns hash, and the
-# turns themselves only for rows with no signature of this method or whose
-# turns changed. The OFFSET 0 fence reads each row's turns once.
+# One window of the table in id order. A row not updated since it was signed
+# (same xmin) is skipped without reading its documents; for the others
+# PostgreSQL hashes the stored turns, and only rows whose turns changed (or
+# that have no signature of this method) are read in full (`turns_of`).
 _WINDOW = text("""
-SELECT q.conversation_id, md5(q.turns) AS source_hash,
+SELECT c.conversation_id, CAST(CAST(c.xmin AS text) AS bigint) AS row_xmin,
        CASE WHEN s.conversation_id IS NULL OR s.method <> :method
-                 OR s.source_hash <> md5(q.turns) THEN q.turns END AS turns,
+                 OR s.row_xmin <> CAST(CAST(c.xmin AS text) AS bigint)
+            THEN jsonb_hash_extended(c.parsed_json -> 'turns', 0) END AS source_hash,
+       CASE WHEN s.method = :method THEN s.source_hash END AS old_source_hash,
        CASE WHEN s.method = :method THEN s.text_hash END AS old_text_hash
-FROM (SELECT c.conversation_id, COALESCE((c.parsed_json -> 'turns')::text, 'null') AS turns
-      FROM conversations c
-      WHERE CAST(:after AS uuid) IS NULL OR c.conversation_id > :after
-      ORDER BY c.conversation_id
-      LIMIT :limit
-      OFFSET 0) q
-LEFT JOIN dedup_signatures s ON s.conversation_id = q.conversation_id
-ORDER BY q.conversation_id
+FROM conversations c
+LEFT JOIN dedup_signatures s ON s.conversation_id = c.conversation_id
+WHERE CAST(:after AS uuid) IS NULL OR c.conversation_id > :after
+ORDER BY c.conversation_id
+LIMIT :limit
 """)
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A row of a window that was updated since it was signed (or never was)."""
+
+    conversation_id: uuid.UUID
+    row_xmin: int
+    source_hash: int
+    old_source_hash: int | None
+    old_text_hash: bytes | None
+
+    @property
+    def turns_changed(self) -> bool:
+        return self.old_source_hash is None or self.old_source_hash != self.source_hash
 
 
 @dataclass(frozen=True, slots=True)
 class Window:
     scanned: int
     last: uuid.UUID | None
-    changed: list[tuple[uuid.UUID, str, str, bytes | None]]  # id, source hash, turns, old hash
+    updated: list[Seen]
 
 
 def read_window(conn: Connection, after: uuid.UUID | None, limit: int, method: str) -> Window:
     rows = conn.execute(_WINDOW, {"after": after, "limit": limit, "method": method}).all()
-    changed = [(r.conversation_id, r.source_hash, r.turns,
-                bytes(r.old_text_hash) if r.old_text_hash is not None else None)
-               for r in rows if r.turns is not None]
+    updated = [Seen(r.conversation_id, int(r.row_xmin), int(r.source_hash), r.old_source_hash,
+                    bytes(r.old_text_hash) if r.old_text_hash is not None else None)
+               for r in rows if r.source_hash is not None]
     return Window(scanned=len(rows), last=rows[-1].conversation_id if rows else None,
-                  changed=changed)
+                  updated=updated)
+
+
+def turns_of(conn: Connection, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The stored turns of these conversations, as JSON text."""
+    if not ids:
+        return {}
+    rows = conn.execute(text("""
+        SELECT conversation_id, COALESCE((parsed_json -> 'turns')::text, 'null') AS turns
+        FROM conversations WHERE conversation_id = ANY(:ids)
+    """), {"ids": list(ids)}).all()
+    return {r.conversation_id: r.turns for r in rows}
 
 
 def count_conversations(conn: Connection) -> int:
@@ -119,14 +145,14 @@ def _copy(conn: Connection, table: str, rows: Iterable[Sequence[Any]]) -> None:
 # Staging tables (temporary, emptied at commit) and their COPY statements.
 _STAGES = {
     "signatures": """CREATE TEMPORARY TABLE IF NOT EXISTS dedup_stage_signatures (
-        conversation_id uuid, source_hash text, text_hash bytea, signature bytea,
-        shingles integer) ON COMMIT DELETE ROWS""",
+        conversation_id uuid, row_xmin bigint, source_hash bigint, text_hash bytea,
+        signature bytea, shingles integer) ON COMMIT DELETE ROWS""",
     "responses": """CREATE TEMPORARY TABLE IF NOT EXISTS dedup_stage_responses (
         conversation_id uuid, response_hash bytea, preview text) ON COMMIT DELETE ROWS""",
 }
 _COPY_INTO = {
-    "signatures": "COPY dedup_stage_signatures (conversation_id, source_hash, text_hash, "
-                  "signature, shingles) FROM STDIN",
+    "signatures": "COPY dedup_stage_signatures (conversation_id, row_xmin, source_hash, "
+                  "text_hash, signature, shingles) FROM STDIN",
     "responses": "COPY dedup_stage_responses (conversation_id, response_hash, preview) "
                  "FROM STDIN",
 }
@@ -137,16 +163,17 @@ def write_sketches(conn: Connection, sketches: Sequence[Sketch], method: str,
     """Store new signatures (pending: their pairs are to be searched) and their buckets."""
     if not sketches:
         return
-    _copy(conn, "signatures", ((s.conversation_id, s.source_hash, s.text_hash, s.signature,
-                                    s.shingles) for s in sketches))
+    _copy(conn, "signatures", ((s.conversation_id, s.row_xmin, s.source_hash, s.text_hash,
+                                s.signature, s.shingles) for s in sketches))
     conn.execute(text("""
-        INSERT INTO dedup_signatures AS s (conversation_id, method, source_hash, text_hash,
-                                           signature, shingles, layout, pending)
-        SELECT conversation_id, :method, source_hash, text_hash, signature, shingles,
+        INSERT INTO dedup_signatures AS s (conversation_id, method, row_xmin, source_hash,
+                                           text_hash, signature, shingles, layout, pending)
+        SELECT conversation_id, :method, row_xmin, source_hash, text_hash, signature, shingles,
                :layout, true
         FROM dedup_stage_signatures
         ON CONFLICT (conversation_id) DO UPDATE
-        SET method = EXCLUDED.method, source_hash = EXCLUDED.source_hash,
+        SET method = EXCLUDED.method, row_xmin = EXCLUDED.row_xmin,
+            source_hash = EXCLUDED.source_hash,
             text_hash = EXCLUDED.text_hash, signature = EXCLUDED.signature,
             shingles = EXCLUDED.shingles, layout = EXCLUDED.layout, pending = true,
             computed_at = now()
@@ -175,15 +202,17 @@ def insert_buckets(conn: Connection, text_hashes: Sequence[bytes], layout: Layou
                             "rows": layout.rows, "bands": layout.bands})
 
 
-def touch_sources(conn: Connection, ids: Sequence[uuid.UUID], source_hashes: Sequence[str]
-                  ) -> None:
-    """The turns changed but not the text: keep the signature, record the new turns hash."""
-    if ids:
+def touch(conn: Connection, seen: Sequence[Seen]) -> None:
+    """Rows updated with their text unchanged: the signature stays, the row's xmin and
+    turns hash are recorded (the next run skips them)."""
+    if seen:
         conn.execute(text("""
-            UPDATE dedup_signatures s SET source_hash = u.source_hash
-            FROM unnest(CAST(:ids AS uuid[]), CAST(:hashes AS text[])) AS u (id, source_hash)
+            UPDATE dedup_signatures s SET row_xmin = u.row_xmin, source_hash = u.source_hash
+            FROM unnest(CAST(:ids AS uuid[]), CAST(:xmins AS bigint[]),
+                        CAST(:hashes AS bigint[])) AS u (id, row_xmin, source_hash)
             WHERE s.conversation_id = u.id
-        """), {"ids": list(ids), "hashes": list(source_hashes)})
+        """), {"ids": [x.conversation_id for x in seen], "xmins": [x.row_xmin for x in seen],
+               "hashes": [x.source_hash for x in seen]})
 
 
 def write_responses(conn: Connection, ids: Sequence[uuid.UUID],
