@@ -14,6 +14,7 @@ os.wait4):
   backfill     `python -m worker backfill`
   dedup        `python -m worker dedup --json` (signatures, LSH, verification, clusters)
   incremental  after 1% of the rows had their text changed, `dedup --json` again
+  pooled       the full run again from empty dedup tables, `dedup --workers 2`
 
 and prints conv/s, peak RSS and the ratios against the goals (dedup time /
 backfill time <= 1; incremental / full < 0.1). It also times the two MinHash
@@ -206,11 +207,20 @@ def run(url: str, args: argparse.Namespace) -> None:
     rows.append(("dedup (1% changed)", args.n, wall, rss,
                  f"work {inc['seconds']['total']} s; computed {inc['signatures_computed']}, "
                  f"reused {inc['signatures_reused']}"))
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute("TRUNCATE dedup_signatures, dedup_buckets, dedup_pairs, dedup_responses, "
+                     "dedup_members, dedup_clusters CASCADE")
+        conn.execute("VACUUM ANALYZE")
+    wall, rss, out = spawn(url, "dedup", "--json", "--workers", "2")
+    pooled = json.loads(out)
+    rows.append(("dedup --workers 2", args.n, wall, rss,
+                 f"work {pooled['seconds']['total']} s (from empty dedup tables)"))
     print(f"{'phase':20} {'rows':>6} {'wall s':>7} {'conv/s':>7} {'peak RSS':>9}  notes")
     for label, n, secs, kb, note in rows:
         print(f"{label:20} {n:>6} {secs:>7.1f} {n / secs:>7.0f} {kb / 1024:>7.0f} MB  {note}")
     backfill_s, full_s, inc_s = rows[0][2], rows[1][2], rows[2][2]
-    print(f"dedup / backfill time: {full_s / backfill_s:.2f} (goal <= 1)")
+    print(f"dedup / backfill time: {full_s / backfill_s:.2f} (goal <= 1); with --workers 2: "
+          f"{rows[3][2] / backfill_s:.2f}")
     print(f"incremental / full dedup time: {inc_s / full_s:.3f} wall, "
           f"{inc['seconds']['total'] / full['seconds']['total']:.3f} work (goal < 0.1); "
           f"{changed} rows changed, {inc['signatures_computed']} signatures recomputed")

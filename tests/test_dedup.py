@@ -389,3 +389,15 @@ def test_show_refuses_run_flags_and_says_when_empty(db_url: str) -> None:
     empty = run_cli(db_url, "dedup", "--show")
     assert empty.returncode == 0 and empty.stdout == ""
     assert "dedup.no_clusters" in empty.stderr
+
+
+def test_worker_processes_sign_the_same(planted: Planted, engine: Engine,
+                                        raw: psycopg.Connection[Any]) -> None:
+    pooled = run_dedup(engine, workers=2)
+    assert pooled["signatures_computed"] == len(planted.records)
+    assert stored_clusters(raw) == truth(planted.records)
+    signed = dict(raw.execute("SELECT conversation_id, signature FROM dedup_signatures"))
+    raw.execute("DELETE FROM dedup_signatures")
+    single = run_dedup(engine, workers=1)
+    assert single["signatures_computed"] == len(planted.records)
+    assert dict(raw.execute("SELECT conversation_id, signature FROM dedup_signatures")) == signed

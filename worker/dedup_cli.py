@@ -26,6 +26,12 @@ def parse_threshold(value: str) -> float:
     return number
 
 
+def _count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=parse_threshold, default=None,
                    metavar="T", help="near-duplicates: Jaccard similarity of word 5-gram "
@@ -33,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--within-cell", action="store_true",
                    help="link only conversations of the same persona × arc × topic cell "
                         "(clusters across cells are still counted)")
+    p.add_argument("--workers", type=_count, default=1, metavar="N",
+                   help="processes computing signatures (default 1; the database work "
+                        "stays in this one)")
     p.add_argument("--show", action="store_true",
                    help="print the stored clusters, largest first (computes nothing)")
     p.add_argument("--json", action="store_true",
@@ -46,13 +55,13 @@ def command(args: argparse.Namespace, engine: Engine, out: Out) -> int:
     from worker.dedup_job import run_dedup
 
     if args.show:
-        if args.threshold is not None or args.within_cell:
-            raise UsageError("--show prints the stored clusters: give --threshold and "
-                             "--within-cell to a run (`reenrich dedup`), not to --show")
+        if args.threshold is not None or args.within_cell or args.workers != 1:
+            raise UsageError("--show prints the stored clusters: give --threshold, "
+                             "--within-cell and --workers to a run (`reenrich dedup`)")
         return show(engine, as_json=args.json, out=out)
     scope = dedup.Scope.CELL if args.within_cell else dedup.Scope.TABLE
     threshold = dedup.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
-    summary = run_dedup(engine, threshold=threshold, scope=scope)
+    summary = run_dedup(engine, threshold=threshold, scope=scope, workers=args.workers)
     if args.json:
         out(orjson.dumps(summary, default=str).decode())
     else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,46 +68,103 @@ def _parse(turns: str) -> Any:
         return None
 
 
-def _sign_window(conn: Connection, window: db.Window, layout: dedup.Layout,
-                 counts: Counts) -> None:
-    changed = [seen for seen in window.updated if seen.turns_changed]
-    touched = [seen for seen in window.updated if not seen.turns_changed]
-    turns = db.turns_of(conn, [seen.conversation_id for seen in changed])
-    sources = [Source(seen.conversation_id, seen.row_xmin, seen.source_hash,
-                      _parse(turns.get(seen.conversation_id, "null")), seen.old_text_hash)
-               for seen in changed]
+@dataclass(frozen=True)
+class _Read:
+    """One window as read: its updated rows and the turns of those whose turns changed."""
+
+    scanned: int
+    touched: list[db.Seen]  # updated, same turns
+    changed: list[tuple[db.Seen, str]]  # updated, turns changed (JSON text)
+
+
+@dataclass(frozen=True)
+class _Signed:
+    scanned: int
+    sketches: list[dedup.Sketch]
+    touched: list[db.Seen]
+    responses: list[tuple[uuid.UUID, tuple[tuple[bytes, str], ...]]]
+    replaced: list[bytes]  # text hashes the new signatures replace
+
+
+def _sign_read(read: _Read) -> _Signed:
+    """The pure part of step 1 (runs in a worker process with --workers > 1)."""
+    touched = list(read.touched)
     fresh: list[tuple[Source, str]] = []
-    for seen, source in zip(changed, sources, strict=True):
+    responses = []
+    for seen, turns in read.changed:
+        source = Source(seen.conversation_id, seen.row_xmin, seen.source_hash, _parse(turns),
+                        seen.old_text_hash)
+        responses.append((seen.conversation_id, dedup.responses(source.turns)))
         body = source.text
-        if source.old_text_hash is not None and source.old_text_hash == dedup.text_hash(body):
+        if seen.old_text_hash is not None and seen.old_text_hash == dedup.text_hash(body):
             touched.append(seen)  # the turns changed, not the text (an emotion label)
         else:
             fresh.append((source, body))
-    sketches = dedup.sketch_page(fresh)
-    db.write_sketches(conn, sketches, dedup.METHOD, layout)
-    db.touch(conn, touched)
-    db.write_responses(conn, [s.conversation_id for s in sources],
-                       [dedup.responses(s.turns) for s in sources])
-    db.drop_orphans(conn, [s.old_text_hash for s, _ in fresh if s.old_text_hash is not None])
-    counts.signatures_computed += len(sketches)
-    counts.signatures_reused += window.scanned - len(sketches)
-    counts.conversations += window.scanned
+    return _Signed(scanned=read.scanned, sketches=dedup.sketch_page(fresh), touched=touched,
+                   responses=responses,
+                   replaced=[s.old_text_hash for s, _ in fresh if s.old_text_hash is not None])
 
 
-def _sign(engine: Engine, layout: dedup.Layout, counts: Counts) -> None:
+def _read_window(engine: Engine, after: uuid.UUID | None) -> tuple[_Read, uuid.UUID | None]:
+    with engine.begin() as conn:
+        window = db.read_window(conn, after, WINDOW, dedup.METHOD)
+        changed = [seen for seen in window.updated if seen.turns_changed]
+        turns = db.turns_of(conn, [seen.conversation_id for seen in changed])
+    read = _Read(scanned=window.scanned,
+                 touched=[seen for seen in window.updated if not seen.turns_changed],
+                 changed=[(seen, turns.get(seen.conversation_id, "null")) for seen in changed])
+    return read, window.last
+
+
+def _write_signed(engine: Engine, signed: _Signed, layout: dedup.Layout, counts: Counts) -> None:
+    with engine.begin() as conn:
+        db.write_sketches(conn, signed.sketches, dedup.METHOD, layout)
+        db.touch(conn, signed.touched)
+        db.write_responses(conn, [cid for cid, _ in signed.responses],
+                           [found for _, found in signed.responses])
+        db.drop_orphans(conn, signed.replaced)
+    counts.signatures_computed += len(signed.sketches)
+    counts.signatures_reused += signed.scanned - len(signed.sketches)
+    counts.conversations += signed.scanned
+    log.debug("dedup.signed", scanned=counts.conversations,
+              computed=counts.signatures_computed)
+
+
+def _windows(engine: Engine) -> Iterator[_Read]:
     after: uuid.UUID | None = None
     while True:
-        with engine.begin() as conn:
-            window = db.read_window(conn, after, WINDOW, dedup.METHOD)
-            if not window.scanned:
-                break
-            _sign_window(conn, window, layout, counts)
-        after = window.last
-        log.debug("dedup.signed", scanned=counts.conversations,
-                  computed=counts.signatures_computed)
+        read, after = _read_window(engine, after)
+        if not read.scanned:
+            return
+        yield read
+
+
+def _sign(engine: Engine, layout: dedup.Layout, counts: Counts, workers: int) -> None:
+    if workers <= 1:
+        for read in _windows(engine):
+            _write_signed(engine, _sign_read(read), layout, counts)
+    else:
+        _sign_in_pool(engine, layout, counts, workers)
     if counts.signatures_computed > ANALYZE_SHARE * counts.conversations:
         with engine.begin() as conn:
             db.analyze(conn)  # autovacuum would, later: the next step needs the sizes now
+
+
+def _sign_in_pool(engine: Engine, layout: dedup.Layout, counts: Counts, workers: int) -> None:
+    """Windows signed by `workers` processes while this one reads and writes; at most
+    `workers` + 1 windows are held at a time, so memory stays flat."""
+    import multiprocessing
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    pending: deque[Future[_Signed]] = deque()
+    context = multiprocessing.get_context("spawn")  # no copy of this process's connections
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for read in _windows(engine):
+            pending.append(pool.submit(_sign_read, read))
+            while len(pending) > workers or (pending and pending[0].done()):
+                _write_signed(engine, pending.popleft().result(), layout, counts)
+        while pending:
+            _write_signed(engine, pending.popleft().result(), layout, counts)
 
 
 # ------------------------------------------------------------ steps 2 and 3
@@ -189,10 +247,12 @@ def _timed(counts: Counts, name: str, step: Callable[[], Any]) -> Any:
 
 
 def run_dedup(engine: Engine, threshold: float = dedup.DEFAULT_THRESHOLD,
-              scope: Scope = Scope.TABLE) -> dict[str, Any]:
+              scope: Scope = Scope.TABLE, workers: int = 1) -> dict[str, Any]:
     """One dedup run; its summary (what `--json` prints)."""
     if not 0 < threshold <= 1:
         raise DedupError(f"the threshold must be in (0, 1], got {threshold}")
+    if workers < 1:
+        raise DedupError(f"--workers must be at least 1, got {workers}")
     layout = dedup.choose_layout(threshold)
     counts = Counts()
     with engine.connect() as lock:
@@ -206,7 +266,8 @@ def run_dedup(engine: Engine, threshold: float = dedup.DEFAULT_THRESHOLD,
             log.info("dedup.started", run=run_id, threshold=threshold, scope=scope.value,
                      layout=layout.name, method=dedup.METHOD)
             try:
-                summary = _run_steps(engine, run_id, threshold, scope, layout, counts)
+                summary = _run_steps(engine, run_id, threshold, scope, layout, counts,
+                                     workers)
             except BaseException as exc:
                 with engine.begin() as conn:
                     db.fail_run(conn, run_id, str(exc) or type(exc).__name__)
@@ -221,9 +282,9 @@ def run_dedup(engine: Engine, threshold: float = dedup.DEFAULT_THRESHOLD,
 
 
 def _run_steps(engine: Engine, run_id: int, threshold: float, scope: Scope,
-               layout: dedup.Layout, counts: Counts) -> dict[str, Any]:
+               layout: dedup.Layout, counts: Counts, workers: int) -> dict[str, Any]:
     start = time.perf_counter()
-    _timed(counts, "signatures", lambda: _sign(engine, layout, counts))
+    _timed(counts, "signatures", lambda: _sign(engine, layout, counts, workers))
     _timed(counts, "buckets", lambda: _rebucket(engine, layout, counts))
     _timed(counts, "verify", lambda: _verify(engine, counts))
     _, cross_cell = _timed(counts, "clusters",
