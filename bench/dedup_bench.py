@@ -208,7 +208,7 @@ def run(url: str, args: argparse.Namespace) -> None:
                  f"work {inc['seconds']['total']} s; computed {inc['signatures_computed']}, "
                  f"reused {inc['signatures_reused']}"))
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        conn.execute("TRUNCATE dedup_signatures, dedup_buckets, dedup_pairs, dedup_responses, "
+        conn.execute("TRUNCATE dedup_signatures, dedup_buckets, dedup_pairs, "
                      "dedup_members, dedup_clusters CASCADE")
         conn.execute("VACUUM ANALYZE")
     wall, rss, out = spawn(url, "dedup", "--json", "--workers", "2")

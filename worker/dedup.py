@@ -131,6 +131,7 @@ class Sketch:
     text_hash: bytes
     signature: bytes  # NUM_PERM uint32, little-endian
     shingles: int  # runs of 5 tokens, repeats included
+    responses: tuple[tuple[bytes, str], ...] = ()  # (hash, preview) of assistant responses
 
 
 def responses(turns: Any) -> tuple[tuple[bytes, str], ...]:
@@ -141,7 +142,8 @@ def responses(turns: Any) -> tuple[tuple[bytes, str], ...]:
             if (isinstance(turn, dict) and turn.get("role") == "assistant"
                     and isinstance(turn.get("content"), str)):
                 value = normalise(turn["content"])
-                seen.setdefault(text_hash(value), value[:PREVIEW_CHARS])
+                digest = hashlib.blake2b(value.encode("utf-8"), digest_size=16).digest()
+                seen.setdefault(digest, value[:PREVIEW_CHARS])
     return tuple(seen.items())
 
 
@@ -198,7 +200,7 @@ def sketch_page(sources: Sequence[tuple[Source, str]]) -> list[Sketch]:
     return [Sketch(conversation_id=s.conversation_id, row_xmin=s.row_xmin,
                    source_hash=s.source_hash,
                    text_hash=text_hash(t), signature=matrix[i].tobytes(),
-                   shingles=len(row))
+                   shingles=len(row), responses=responses(s.turns))
             for i, ((s, t), row) in enumerate(zip(sources, rows, strict=True))]
 
 

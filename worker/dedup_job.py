@@ -81,27 +81,25 @@ class _Read:
 class _Signed:
     scanned: int
     sketches: list[dedup.Sketch]
-    touched: list[db.Seen]
-    responses: list[tuple[uuid.UUID, tuple[tuple[bytes, str], ...]]]
+    touched: list[db.Seen]  # updated, same turns
+    retouched: list[tuple[db.Seen, tuple[tuple[bytes, str], ...]]]  # other turns, same text
     replaced: list[bytes]  # text hashes the new signatures replace
 
 
 def _sign_read(read: _Read) -> _Signed:
     """The pure part of step 1 (runs in a worker process with --workers > 1)."""
-    touched = list(read.touched)
     fresh: list[tuple[Source, str]] = []
-    responses = []
+    retouched = []
     for seen, turns in read.changed:
         source = Source(seen.conversation_id, seen.row_xmin, seen.source_hash, _parse(turns),
                         seen.old_text_hash)
-        responses.append((seen.conversation_id, dedup.responses(source.turns)))
         body = source.text
         if seen.old_text_hash is not None and seen.old_text_hash == dedup.text_hash(body):
-            touched.append(seen)  # the turns changed, not the text (an emotion label)
+            retouched.append((seen, dedup.responses(source.turns)))  # e.g. an emotion label
         else:
             fresh.append((source, body))
-    return _Signed(scanned=read.scanned, sketches=dedup.sketch_page(fresh), touched=touched,
-                   responses=responses,
+    return _Signed(scanned=read.scanned, sketches=dedup.sketch_page(fresh),
+                   touched=read.touched, retouched=retouched,
                    replaced=[s.old_text_hash for s, _ in fresh if s.old_text_hash is not None])
 
 
@@ -120,8 +118,8 @@ def _write_signed(engine: Engine, signed: _Signed, layout: dedup.Layout, counts:
     with engine.begin() as conn:
         db.write_sketches(conn, signed.sketches, dedup.METHOD, layout)
         db.touch(conn, signed.touched)
-        db.write_responses(conn, [cid for cid, _ in signed.responses],
-                           [found for _, found in signed.responses])
+        db.retouch(conn, [seen for seen, _ in signed.retouched],
+                   [found for _, found in signed.retouched])
         db.drop_orphans(conn, signed.replaced)
     counts.signatures_computed += len(signed.sketches)
     counts.signatures_reused += signed.scanned - len(signed.sketches)

@@ -16,6 +16,9 @@ side. So:
   The only exceptions are the two guarantees below, which look at the
   stratum: a stratum of two or more gets at least one validation and at
   least one training conversation.
+- with near-duplicate clusters (`reenrich dedup`) the split hash is that of
+  the conversation's cluster, so a cluster is on one side; a conversation
+  that joins a cluster takes the cluster's side.
 
 Nothing here knows about the database or the export formats.
 """

@@ -20,8 +20,8 @@
 - `dedup_clusters` / `dedup_members`: the clusters of the last successful
   run, each with its size, threshold and representative; per conversation
   its cluster and whether it is the representative.
-- `dedup_responses`: per conversation, the hashes of its normalised
-  assistant responses (repeated responses across conversations).
+- the hashes of each conversation's normalised assistant responses are kept
+  beside its signature (repeated responses across conversations).
 
 Revision ID: 0007
 Revises: 0003
@@ -49,6 +49,9 @@ CREATE TABLE dedup_signatures (
     shingles        integer NOT NULL CHECK (shingles >= 1),  -- runs of 5 tokens, with repeats
     layout          text NOT NULL,
     pending         boolean NOT NULL DEFAULT true,
+    -- its distinct normalised assistant responses: hashes, and their first characters
+    responses       bytea[] NOT NULL DEFAULT '{}',
+    previews        text[] NOT NULL DEFAULT '{}',
     computed_at     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX dedup_signatures_text_idx ON dedup_signatures (text_hash);
@@ -106,17 +109,9 @@ CREATE TABLE dedup_members (
 );
 CREATE INDEX dedup_members_cluster_idx ON dedup_members (cluster_id);
 
-CREATE TABLE dedup_responses (
-    conversation_id uuid NOT NULL
-        REFERENCES conversations (conversation_id) ON DELETE CASCADE,
-    response_hash   bytea NOT NULL,
-    preview         text NOT NULL,
-    PRIMARY KEY (conversation_id, response_hash)
-);
 """
 
 DOWNGRADE = """
-DROP TABLE dedup_responses;
 DROP TABLE dedup_members;
 DROP TABLE dedup_clusters;
 DROP TABLE dedup_runs;

@@ -146,15 +146,12 @@ def _copy(conn: Connection, table: str, rows: Iterable[Sequence[Any]]) -> None:
 _STAGES = {
     "signatures": """CREATE TEMPORARY TABLE IF NOT EXISTS dedup_stage_signatures (
         conversation_id uuid, row_xmin bigint, source_hash bigint, text_hash bytea,
-        signature bytea, shingles integer) ON COMMIT DELETE ROWS""",
-    "responses": """CREATE TEMPORARY TABLE IF NOT EXISTS dedup_stage_responses (
-        conversation_id uuid, response_hash bytea, preview text) ON COMMIT DELETE ROWS""",
+        signature bytea, shingles integer, responses bytea[], previews text[])
+        ON COMMIT DELETE ROWS""",
 }
 _COPY_INTO = {
     "signatures": "COPY dedup_stage_signatures (conversation_id, row_xmin, source_hash, "
-                  "text_hash, signature, shingles) FROM STDIN",
-    "responses": "COPY dedup_stage_responses (conversation_id, response_hash, preview) "
-                 "FROM STDIN",
+                  "text_hash, signature, shingles, responses, previews) FROM STDIN",
 }
 
 
@@ -164,18 +161,21 @@ def write_sketches(conn: Connection, sketches: Sequence[Sketch], method: str,
     if not sketches:
         return
     _copy(conn, "signatures", ((s.conversation_id, s.row_xmin, s.source_hash, s.text_hash,
-                                s.signature, s.shingles) for s in sketches))
+                                s.signature, s.shingles, [h for h, _ in s.responses],
+                                [p for _, p in s.responses]) for s in sketches))
     conn.execute(text("""
         INSERT INTO dedup_signatures AS s (conversation_id, method, row_xmin, source_hash,
-                                           text_hash, signature, shingles, layout, pending)
+                                           text_hash, signature, shingles, layout, pending,
+                                           responses, previews)
         SELECT conversation_id, :method, row_xmin, source_hash, text_hash, signature, shingles,
-               :layout, true
+               :layout, true, responses, previews
         FROM dedup_stage_signatures
         ON CONFLICT (conversation_id) DO UPDATE
         SET method = EXCLUDED.method, row_xmin = EXCLUDED.row_xmin,
             source_hash = EXCLUDED.source_hash,
             text_hash = EXCLUDED.text_hash, signature = EXCLUDED.signature,
             shingles = EXCLUDED.shingles, layout = EXCLUDED.layout, pending = true,
+            responses = EXCLUDED.responses, previews = EXCLUDED.previews,
             computed_at = now()
     """), {"method": method, "layout": layout.name})
     conn.execute(text("DELETE FROM dedup_stage_signatures"))
@@ -203,33 +203,38 @@ def insert_buckets(conn: Connection, text_hashes: Sequence[bytes], layout: Layou
 
 
 def touch(conn: Connection, seen: Sequence[Seen]) -> None:
-    """Rows updated with their text unchanged: the signature stays, the row's xmin and
-    turns hash are recorded (the next run skips them)."""
+    """Rows updated with their turns unchanged: the signature stays, the row's xmin is
+    recorded (the next run skips them)."""
     if seen:
         conn.execute(text("""
-            UPDATE dedup_signatures s SET row_xmin = u.row_xmin, source_hash = u.source_hash
-            FROM unnest(CAST(:ids AS uuid[]), CAST(:xmins AS bigint[]),
-                        CAST(:hashes AS bigint[])) AS u (id, row_xmin, source_hash)
+            UPDATE dedup_signatures s SET row_xmin = u.row_xmin
+            FROM unnest(CAST(:ids AS uuid[]), CAST(:xmins AS bigint[])) AS u (id, row_xmin)
             WHERE s.conversation_id = u.id
-        """), {"ids": [x.conversation_id for x in seen], "xmins": [x.row_xmin for x in seen],
-               "hashes": [x.source_hash for x in seen]})
+        """), {"ids": [x.conversation_id for x in seen], "xmins": [x.row_xmin for x in seen]})
 
 
-def write_responses(conn: Connection, ids: Sequence[uuid.UUID],
-                    responses: Sequence[Sequence[tuple[bytes, str]]]) -> None:
-    """Replace the assistant-response hashes of these conversations."""
-    if not ids:
+def retouch(conn: Connection, seen: Sequence[Seen],
+            responses: Sequence[Sequence[tuple[bytes, str]]]) -> None:
+    """Rows whose turns changed but not their text (an emotion label, a role): the
+    signature stays; the turns hash, xmin and assistant responses are recorded."""
+    if not seen:
         return
-    conn.execute(text("DELETE FROM dedup_responses WHERE conversation_id = ANY(:ids)"),
-                 {"ids": list(ids)})
-    _copy(conn, "responses", ((cid, h, preview) for cid, found in
-                                  zip(ids, responses, strict=True) for h, preview in found))
     conn.execute(text("""
-        INSERT INTO dedup_responses (conversation_id, response_hash, preview)
-        SELECT conversation_id, response_hash, preview FROM dedup_stage_responses
-        ON CONFLICT DO NOTHING
+        CREATE TEMPORARY TABLE IF NOT EXISTS dedup_stage_retouch (
+            conversation_id uuid, row_xmin bigint, source_hash bigint, responses bytea[],
+            previews text[]) ON COMMIT DELETE ROWS
     """))
-    conn.execute(text("DELETE FROM dedup_stage_responses"))
+    with _raw(conn).cursor().copy("COPY dedup_stage_retouch FROM STDIN") as copy:
+        for x, found in zip(seen, responses, strict=True):
+            copy.write_row((x.conversation_id, x.row_xmin, x.source_hash,
+                            [h for h, _ in found], [p for _, p in found]))
+    conn.execute(text("""
+        UPDATE dedup_signatures s
+        SET row_xmin = u.row_xmin, source_hash = u.source_hash, responses = u.responses,
+            previews = u.previews
+        FROM dedup_stage_retouch u WHERE s.conversation_id = u.conversation_id
+    """))
+    conn.execute(text("DELETE FROM dedup_stage_retouch"))
 
 
 def stale_layout(conn: Connection, layout: str, limit: int) -> list[bytes]:
@@ -446,26 +451,26 @@ def cluster_totals(conn: Connection) -> dict[str, int]:
 
 
 def repeated_responses(conn: Connection, limit: int) -> dict[str, Any]:
-    """Assistant responses (normalised) found in more than one conversation."""
+    """Assistant responses (normalised) found in more than one conversation (a
+    conversation's responses are distinct: each counts once)."""
     totals = conn.execute(text("""
-        SELECT count(*) AS responses, COALESCE(sum(n), 0) AS occurrences
-        FROM (SELECT count(*) AS n FROM dedup_responses GROUP BY response_hash
-              HAVING count(*) > 1) r
+        WITH r AS (SELECT u.h, s.conversation_id
+                   FROM dedup_signatures s, unnest(s.responses) AS u (h)),
+             repeated AS (SELECT h FROM r GROUP BY h HAVING count(*) > 1)
+        SELECT (SELECT count(*) FROM repeated) AS responses,
+               count(*) AS occurrences, count(DISTINCT r.conversation_id) AS conversations
+        FROM r JOIN repeated USING (h)
     """)).mappings().one()
-    conversations = conn.execute(text("""
-        SELECT count(DISTINCT conversation_id) FROM dedup_responses
-        WHERE response_hash IN (SELECT response_hash FROM dedup_responses
-                                GROUP BY response_hash HAVING count(*) > 1)
-    """)).scalar_one()
     top = conn.execute(text("""
-        SELECT encode(response_hash, 'hex') AS response_hash, count(*) AS conversations,
-               min(preview) AS preview,
+        SELECT encode(h, 'hex') AS response_hash, count(*) AS conversations, min(p) AS preview,
                (array_agg(conversation_id ORDER BY conversation_id))[1:5] AS sample
-        FROM dedup_responses GROUP BY response_hash HAVING count(*) > 1
-        ORDER BY count(*) DESC, response_hash LIMIT :limit
+        FROM (SELECT u.h, u.p, s.conversation_id
+              FROM dedup_signatures s, unnest(s.responses, s.previews) AS u (h, p)) r
+        GROUP BY h HAVING count(*) > 1
+        ORDER BY count(*) DESC, h LIMIT :limit
     """), {"limit": limit}).mappings().all()
     return {"responses": int(totals["responses"]), "occurrences": int(totals["occurrences"]),
-            "conversations": int(conversations), "top": [dict(r) for r in top]}
+            "conversations": int(totals["conversations"]), "top": [dict(r) for r in top]}
 
 
 def unsigned_conversations(conn: Connection) -> int:
