@@ -329,6 +329,7 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 def report(conn: Connection) -> dict[str, Any]:
     """What the last run left in the tables (also the `stats` section)."""
+    db.no_jit(conn)
     totals = db.cluster_totals(conn)
     duplicate = rates(conn)
     return {

@@ -303,6 +303,8 @@ def candidates(conn: Connection) -> Iterator[list[tuple[bytes, bytes]]]:
     """Unverified candidate pairs in batches, in (a, b) order (inside the caller's
     transaction; a server-side cursor over the staged pairs keeps memory flat)."""
     no_jit(conn)
+    # Unnested arrays have no statistics: the planner would sort both sides to merge them.
+    conn.execute(text("SET LOCAL enable_mergejoin = off"))
     conn.execute(_STAGE_CANDIDATES)
     result = conn.execution_options(stream_results=True, yield_per=CANDIDATE_BATCH).execute(
         text("SELECT a, b FROM dedup_candidates ORDER BY a, b"))
