@@ -528,6 +528,7 @@ def _export_options(args: argparse.Namespace) -> Any:
         target_model=args.target_model, tokenizer=path(args.tokenizer),
         max_tokens=args.max_tokens, drop_over_max=args.drop_over_max, hub=path(args.hub),
         shard_size_mb=args.shard_size, license=args.license, allow_empty=args.allow_empty,
+        dedup=args.dedup,
         review=ReviewRules(include_rejected=args.include_rejected,
                            approved_only=args.approved_only,
                            seed_examples_only=args.seed_examples_only))
@@ -638,6 +639,19 @@ def cmd_stats(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_dedup(args: argparse.Namespace, ctx: Context) -> int:
+    from worker.dedup_cli import command
+    from worker.errors import ReenrichError, UsageError
+
+    try:
+        return command(args, ctx.engine(), out=_write)
+    except UsageError as exc:
+        sys.stderr.write(f"reenrich: {exc}\n")
+        return EXIT_USAGE
+    except ReenrichError as exc:
+        raise CommandError(str(exc)) from exc
+
+
 def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
     from worker.demo import run_demo
 
@@ -709,6 +723,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from worker.dedup_cli import add_arguments as dedup_arguments
+
     parser = Parser(
         prog="reenrich",
         description="Re-enrich stored conversations so every training pair carries its "
@@ -856,6 +872,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-empty", action="store_true",
                    help="write an empty file when nothing is selected (default: fail, naming "
                         "what removed everything)")
+    p.add_argument("--dedup", action="store_true", help="keep only each near-duplicate "
+                   "cluster's representative (clusters of the last `reenrich dedup`)")
     _add_version_flags(p)
 
     p = add("datasets", cmd_datasets, "dataset versions: list them, or show NAME, diff A B, "
@@ -877,6 +895,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--html", metavar="PATH",
                    help="also write a self-contained HTML page (its folder is created)")
+
+    p = add("dedup", cmd_dedup, "find near-duplicate conversations (MinHash + LSH, exact "
+            "Jaccard of word 5-grams) and keep their clusters; incremental")
+    dedup_arguments(p)
 
     add("demo", cmd_demo, "embedded PostgreSQL + sample data + backfill, end to end (never "
         "into a database holding other data)")

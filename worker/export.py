@@ -45,6 +45,7 @@ from worker.contract import dumps, in_contract_order
 from worker.db import dataset
 from worker.db import versions as db_versions
 from worker.db.dataset import DatasetFilters
+from worker.dedup_export import NEAR_DUPLICATE, ExportClusters
 from worker.enrich import ENRICHMENT_VERSION, round_half_up
 from worker.errors import ReenrichError, UsageError
 from worker.export_report import (
@@ -131,6 +132,7 @@ class ExportOptions:
     shard_size_mb: float | None = None  # hub: default hub.DEFAULT_SHARD_MB
     license: str | None = None  # hub: the card's license, default "other"
     allow_empty: bool = False  # write an empty file instead of failing when nothing is selected
+    dedup: bool = False  # keep only each near-duplicate cluster's representative
 
     def check(self) -> None:
         """The flags fit together (ExportUsageError, exit 2); nothing is touched."""
@@ -450,6 +452,7 @@ class _Run:
             tokenizer=str(options.tokenizer) if options.tokenizer else None,
             max_tokens=options.max_tokens, review_rules=options.review.as_json())
         self.plan: SamplePlan | None = None
+        self.clusters = ExportClusters()
 
     def _kept(self, conn: Any) -> Iterator[tuple[Any, dict[str, str | None]]]:
         """The conversations the filters keep, counting the others by reason."""
@@ -457,12 +460,18 @@ class _Run:
             self.report.conversations_in_table += 1
             if candidate.excluded_by is not None:
                 self.report.removed[candidate.excluded_by] += 1
+            elif self.options.dedup and self.clusters.is_duplicate(candidate.conversation_id):
+                self.report.removed[NEAR_DUPLICATE] += 1
             else:
                 yield candidate.conversation_id, candidate.keys()
 
     def select(self, conn: Any) -> list[Any] | None:
         """Selection pass: count removals; the sample's ids (None: all kept)."""
         spec = self.options.sampling
+        if self.options.dedup or spec.validation_fraction is not None:
+            self.clusters = ExportClusters.load(conn)
+        if not spec.active and self.options.dedup:
+            return sorted(cid for cid, _ in self._kept(conn))
         if self.members is not None:
             self.plan = SamplePlan(side=dict(self.members))
             return sorted(self.members)
@@ -471,7 +480,7 @@ class _Run:
                 pass
             return None
         # make_plan consumes the stream: only (hash, id, stratum) per conversation is held.
-        self.plan = make_plan(self._kept(conn), spec)
+        self.plan = make_plan(self._kept(conn), spec, self.clusters.cluster_of)
         self.report.removed["stratum_key_null"] += self.plan.stratum_key_null
         self.report.removed["not_sampled"] += self.plan.not_sampled
         for key, stratum in self.plan.strata.items():
@@ -650,6 +659,7 @@ def run_export(engine: Engine, options: ExportOptions, *,
     from_version = _source_report(run, source, states) if source is not None else None
     _warn_empty_validation(run.report)
     report = run.report.as_json()
+    report["dedup"] = run.clusters.report(options.dedup)
     report["meta"] = options.meta
     report["from_version"] = from_version
     report["dataset_version"] = {"name": name, "members": len(run.written),

@@ -26,8 +26,9 @@ SHORTFALL_LISTED = 8  # strata named in the printed short report
 # The order reasons are listed in (filters first, in the order they apply).
 REMOVAL_ORDER = ("since", "until", "not_enriched", "persona", "arc", "topic",
                  "missing_scaffolding", "tier", "rejected_tier", "min_quality", "failed",
-                 "stratum_key_null", "not_sampled", "member_missing", "no_assistant_pair",
-                 "roles_not_alternating", "empty_content", "review", "over_max_tokens")
+                 "near_duplicate", "stratum_key_null", "not_sampled", "member_missing",
+                 "no_assistant_pair", "roles_not_alternating", "empty_content", "review",
+                 "over_max_tokens")
 
 
 class TokenizerError(Exception):

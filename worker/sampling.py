@@ -16,6 +16,9 @@ side. So:
   The only exceptions are the two guarantees below, which look at the
   stratum: a stratum of two or more gets at least one validation and at
   least one training conversation.
+- with near-duplicate clusters (`reenrich dedup`) the split hash is that of
+  the conversation's cluster, so a cluster is on one side; a conversation
+  that joins a cluster takes the cluster's side.
 
 Nothing here knows about the database or the export formats.
 """
@@ -123,9 +126,15 @@ def stratum_key(keys: Mapping[str, str | None], fields: Sequence[str]) -> Stratu
 
 
 def make_plan(candidates: Iterable[tuple[uuid.UUID, Mapping[str, str | None]]],
-              spec: SamplingSpec) -> SamplePlan:
-    """Sample and split `(conversation_id, {persona, arc, topic})` candidates."""
+              spec: SamplingSpec,
+              groups: Mapping[uuid.UUID, uuid.UUID] | None = None) -> SamplePlan:
+    """Sample and split `(conversation_id, {persona, arc, topic})` candidates.
+
+    `groups` maps a conversation to its near-duplicate cluster: the members of
+    a cluster fall on one side of the split (see `_split_by_cluster`).
+    """
     spec.check()
+    groups = groups or {}
     plan = SamplePlan()
     members: dict[StratumKey, list[tuple[int, uuid.UUID]]] = {}
     for conversation_id, keys in candidates:
@@ -149,25 +158,58 @@ def make_plan(candidates: Iterable[tuple[uuid.UUID, Mapping[str, str | None]]],
         if plan.target is not None:
             stratum.shortfall = max(0, plan.target - len(ranked))
         plan.not_sampled += len(ranked) - len(chosen)
-        validation = _validation_ids([cid for _, cid in chosen], spec)
+        validation = _validation_ids([cid for _, cid in chosen], spec, groups)
         stratum.validation = len(validation)
         for _, cid in chosen:
             plan.side[cid] = "validation" if cid in validation else "train"
             plan.stratum_of[cid] = key
         plan.strata[key] = stratum
+    if groups and spec.validation_fraction is not None:
+        _split_by_cluster(plan, spec, groups)
     return plan
 
 
-def _validation_ids(chosen: list[uuid.UUID], spec: SamplingSpec) -> set[uuid.UUID]:
-    """The validation side of one stratum's picks: a threshold on the split hash."""
+def _validation_ids(chosen: list[uuid.UUID], spec: SamplingSpec,
+                    groups: Mapping[uuid.UUID, uuid.UUID]) -> set[uuid.UUID]:
+    """The validation side of one stratum's picks: a threshold on the split hash.
+
+    The hash is that of the conversation's cluster (its own id when in none),
+    so a cluster's members agree; the two guarantees move whole clusters.
+    """
     fraction = spec.validation_fraction
     if fraction is None or len(chosen) < 2:
         return set()  # a stratum of one conversation trains
-    ranked = sorted((keyed_hash(spec.seed, cid, SPLIT_PURPOSE), cid) for cid in chosen)
+    units: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for cid in chosen:
+        units.setdefault(groups.get(cid, cid), []).append(cid)
+    ranked = sorted((keyed_hash(spec.seed, unit, SPLIT_PURPOSE), unit) for unit in units)
     threshold = fraction * HASH_SPACE
-    validation = [cid for value, cid in ranked if value < threshold]
-    if not validation:
+    validation = [unit for value, unit in ranked if value < threshold]
+    if not validation and len(ranked) > 1:
         validation = [ranked[0][1]]  # at least one per stratum of two or more
     if len(validation) == len(ranked):
         validation = validation[:-1]  # and at least one left to train on
-    return set(validation)
+    return {cid for unit in validation for cid in units[unit]}
+
+
+def _split_by_cluster(plan: SamplePlan, spec: SamplingSpec,
+                      groups: Mapping[uuid.UUID, uuid.UUID]) -> None:
+    """A cluster spread over strata where a guarantee moved it in one: the cluster's own
+    hash decides for all of it (near-copies on both sides would measure memory)."""
+    sides: dict[uuid.UUID, set[str]] = {}
+    for cid, side in plan.side.items():
+        if cid in groups:
+            sides.setdefault(groups[cid], set()).add(side)
+    mixed = {cluster for cluster, found in sides.items() if len(found) > 1}
+    if not mixed:
+        return
+    threshold = (spec.validation_fraction or 0) * HASH_SPACE
+    for cid in list(plan.side):
+        cluster = groups.get(cid)
+        if cluster in mixed:
+            side = ("validation" if keyed_hash(spec.seed, cluster, SPLIT_PURPOSE) < threshold
+                    else "train")
+            if side != plan.side[cid]:
+                stratum = plan.strata[plan.stratum_of[cid]]
+                stratum.validation += 1 if side == "validation" else -1
+                plan.side[cid] = side

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from worker import review_stats
+from worker import dedup_stats, review_stats
 from worker.db import dataset
 from worker.sampling import STRATUM_FIELDS, SamplingError
 
@@ -81,6 +81,7 @@ def collect(engine: Engine, by: Sequence[str] = STRATUM_FIELDS,
         failures = dataset.open_failure_counts(conn)
         known = dataset.known_keys(conn)
         reviews = review_stats.coverage(conn, rows)
+        duplicates = dedup_stats.collect(conn)
     grand = next((r for r in rows if r["g"] == 7), None)
     subsets = [combo for size in range(1, len(by) + 1)
                for combo in itertools.combinations(by, size)]
@@ -108,6 +109,7 @@ def collect(engine: Engine, by: Sequence[str] = STRATUM_FIELDS,
                        for dims in subsets],
         "cells": _cells(rows, by, known, thin),
         "review_coverage": reviews,
+        "duplicates": duplicates,
     }
 
 
@@ -166,3 +168,4 @@ def print_text(stats: dict[str, Any], out: Out) -> None:
             names = ", ".join("|".join(_label(c[d]) for d in cells["dimensions"]) for c in listed)
             out(f"  {kind}: {names}" + (f" (+{more} more: --json lists all)" if more else ""))
     review_stats.print_text(stats["review_coverage"], out)
+    dedup_stats.print_text(stats.get("duplicates"), out)

@@ -13,7 +13,7 @@ import html
 import json
 from typing import Any
 
-from worker import review_stats
+from worker import dedup_stats, review_stats
 from worker.stats import DIMENSION_TITLE, NONE_LABEL
 
 
@@ -208,6 +208,7 @@ def render(stats: dict[str, Any]) -> str:
         ["status pending", stats["enrichment_status"]["pending"]],
     ]))
     parts.append(review_stats.html_section(stats["review_coverage"], _table))
+    parts.append(dedup_stats.render_html(stats.get("duplicates"), _table))
     parts.append(f'<script type="application/json" id="chart-data">'
                  f"{_script_json(charts(stats))}</script>")
     parts.append(f"<script>{SCRIPT}</script>")
