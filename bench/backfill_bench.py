@@ -52,7 +52,7 @@ from worker import synthetic  # noqa: E402
 from worker.config import load_enrichment_config  # noqa: E402
 from worker.db import migrate  # noqa: E402
 from worker.db.engine import libpq_url, make_engine, normalize_url  # noqa: E402
-from worker.importer import import_path  # noqa: E402
+from worker.jobs.importer import import_path  # noqa: E402
 from worker.logs import configure as logs_setup  # noqa: E402
 
 RESULTS = BENCH / "results"

@@ -44,10 +44,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from worker import dedup, synthetic  # noqa: E402
+from worker import synthetic  # noqa: E402
+from worker.dataset import dedup  # noqa: E402
 from worker.db import migrate  # noqa: E402
 from worker.db.engine import libpq_url, make_engine, normalize_url  # noqa: E402
-from worker.importer import import_path  # noqa: E402
+from worker.jobs.importer import import_path  # noqa: E402
 from worker.logs import configure as logs_setup  # noqa: E402
 
 

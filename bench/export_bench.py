@@ -40,15 +40,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from worker import synthetic  # noqa: E402
-from worker.backfill import BackfillOptions, run_backfill  # noqa: E402
 from worker.config import load_enrichment_config  # noqa: E402
+from worker.dataset.export import ExportOptions, run_export  # noqa: E402
 from worker.db import dataset, migrate  # noqa: E402
 from worker.db.dataset import DatasetFilters  # noqa: E402
 from worker.db.engine import libpq_url, make_engine, normalize_url  # noqa: E402
-from worker.export import ExportOptions, run_export  # noqa: E402
-from worker.importer import import_path  # noqa: E402
+from worker.enrichment.processing import Processor  # noqa: E402
+from worker.jobs.backfill import BackfillOptions, run_backfill  # noqa: E402
+from worker.jobs.importer import import_path  # noqa: E402
 from worker.logs import configure  # noqa: E402
-from worker.processing import Processor  # noqa: E402
 
 ALL = DatasetFilters(include_rejected_tier=True)  # every phase sees every document
 

@@ -35,7 +35,7 @@ from worker.db.engine import (
     make_engine,
     normalize_url,
 )
-from worker.importer import import_path
+from worker.jobs.importer import import_path
 
 RESET = """UPDATE conversations SET enriched_json = NULL, enriched_hash = NULL,
            enrichment_input_hash = NULL, enrichment_status = 'pending'"""

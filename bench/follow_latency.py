@@ -47,7 +47,7 @@ from sqlalchemy.engine import make_url
 from worker import logs, synthetic
 from worker.db import migrate
 from worker.db.engine import embedded_url, libpq_url, make_engine, normalize_url
-from worker.importer import import_path
+from worker.jobs.importer import import_path
 
 ROOT = Path(__file__).resolve().parent.parent
 

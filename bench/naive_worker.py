@@ -7,7 +7,7 @@ used by reenrich. For every conversation it does what an ORM-style job does:
     SELECT the conversation row             (1)
     SELECT its persona, arc, topic, template, one query each (up to 4)
     SELECT its latest generation log        (1)
-    enrich in Python (worker.enrich.enrich, the same function as the backfill)
+    enrich in Python (worker.enrichment.enrich.enrich, the same function as the backfill)
     UPDATE the row                          (1)
     COMMIT                                  (1)
 
@@ -45,15 +45,15 @@ if str(ROOT) not in sys.path:  # run as a script from a fresh clone
 
 from worker.config import load_enrichment_config, load_settings  # noqa: E402
 from worker.db.engine import libpq_url, normalize_url  # noqa: E402
-from worker.enrich import ENRICHMENT_VERSION, InvalidDocument, enrich  # noqa: E402
-from worker.models import (  # noqa: E402
+from worker.enrichment.enrich import ENRICHMENT_VERSION, InvalidDocument, enrich  # noqa: E402
+from worker.enrichment.models import (  # noqa: E402
     ConversationInputs,
     EmotionalArc,
     Persona,
     PromptTemplate,
     TrainingTopic,
 )
-from worker.processing import Processor  # noqa: E402
+from worker.enrichment.processing import Processor  # noqa: E402
 
 ID_PAGE = 1000
 

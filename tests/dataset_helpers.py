@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from tests.helpers import seed
-from worker.backfill import BackfillOptions, run_backfill
 from worker.config import EnrichmentConfig
-from worker.processing import Processor
+from worker.enrichment.processing import Processor
+from worker.jobs.backfill import BackfillOptions, run_backfill
 
 
 def backfill(engine: Engine, config: EnrichmentConfig) -> None:

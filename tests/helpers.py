@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from worker import synthetic
-from worker.importer import ImportSummary, import_path
+from worker.jobs.importer import ImportSummary, import_path
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:

@@ -23,12 +23,12 @@ from sqlalchemy import Engine, event
 
 from tests.conftest import ROOT, cli_env, run_cli
 from tests.helpers import import_records, seed
-from worker.backfill import BackfillOptions, BackfillResult, run_backfill
 from worker.config import EnrichmentConfig
 from worker.db import repository
 from worker.db.repository import Filters
-from worker.enrich import enrich
-from worker.processing import Processor
+from worker.enrichment.enrich import enrich
+from worker.enrichment.processing import Processor
+from worker.jobs.backfill import BackfillOptions, BackfillResult, run_backfill
 
 
 def backfill(engine: Engine, config: EnrichmentConfig, **options: Any) -> BackfillResult:

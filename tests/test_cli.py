@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from worker.cli import build_parser
+from worker.cli.app import build_parser
 
 
 def _subcommands() -> set[str]:

@@ -1,5 +1,5 @@
 """`reenrich dedup` on real PostgreSQL with planted copies whose exact Jaccard the test
-computes from the definition (spec dedup.md), independently of worker.dedup."""
+computes from the definition (spec dedup.md), independently of worker.dataset.dedup."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from tests.dataset_helpers import backfill, read_jsonl
 from tests.helpers import import_records
 from worker import synthetic
 from worker.config import EnrichmentConfig
+from worker.dataset.dedup import Scope, choose_layout
+from worker.dataset.export import ExportOptions, run_export
+from worker.dataset.sampling import SamplingSpec
 from worker.db.dataset import DatasetFilters
-from worker.dedup import Scope, choose_layout
-from worker.dedup_job import run_dedup
-from worker.export import ExportOptions, run_export
-from worker.sampling import SamplingSpec
+from worker.jobs.dedup import run_dedup
 
 # ------------------------------------------------------------ the definition, again
 

@@ -14,9 +14,16 @@ import pytest
 
 from tests.conftest import FIXTURES
 from worker.config import EnrichmentConfig
-from worker.contract import KEY_ORDER, in_contract_order
-from worker.enrich import InvalidDocument, client_background, enrich, quality_tier, valence
-from worker.models import (
+from worker.dataset.reviews import content_sha256
+from worker.enrichment.contract import KEY_ORDER, in_contract_order
+from worker.enrichment.enrich import (
+    InvalidDocument,
+    client_background,
+    enrich,
+    quality_tier,
+    valence,
+)
+from worker.enrichment.models import (
     ConversationInputs,
     EmotionalArc,
     EnrichedDocument,
@@ -25,7 +32,6 @@ from worker.models import (
     PromptTemplate,
     TrainingTopic,
 )
-from worker.reviews import content_sha256
 
 CID = uuid.UUID("3d4a31a7-9220-487a-9a27-50615968c3da")
 CREATED = datetime(2025, 11, 30, 23, 30, tzinfo=timezone(timedelta(hours=-5)))

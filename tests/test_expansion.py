@@ -12,11 +12,11 @@ from sqlalchemy import Engine
 
 from tests.generated import wait_until
 from tests.helpers import seed
-from worker.backfill import BackfillOptions, run_backfill
 from worker.config import EnrichmentConfig
 from worker.db.repository import StoredRow
-from worker.follow import Follower, FollowOptions
-from worker.processing import PageOutcome, Processor
+from worker.enrichment.processing import PageOutcome, Processor
+from worker.jobs.backfill import BackfillOptions, run_backfill
+from worker.jobs.follow import Follower, FollowOptions
 
 ARC = "confusion_to_clarity"
 

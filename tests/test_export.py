@@ -20,13 +20,13 @@ from tests.conftest import run_cli
 from tests.dataset_helpers import enriched, params_key, read_jsonl, stored
 from tests.helpers import import_records
 from worker import synthetic
-from worker.checks import check_file
 from worker.config import EnrichmentConfig
-from worker.contract import KEY_ORDER
+from worker.dataset.export import ExportError, ExportOptions, run_export
+from worker.dataset.formats import METADATA_COLUMNS
+from worker.dataset.sampling import SamplingSpec
+from worker.dataset.validate import check_file
 from worker.db.dataset import DatasetFilters
-from worker.export import ExportError, ExportOptions, run_export
-from worker.formats import METADATA_COLUMNS
-from worker.sampling import SamplingSpec
+from worker.enrichment.contract import KEY_ORDER
 
 # `datasets` reads local files only here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -335,7 +335,7 @@ def test_stratified_sample_same_seed_same_bytes_other_seed_other_sample(
 def test_sample_unchanged_by_inserting_conversations_that_rank_behind(
         engine: Engine, tmp_path: Path, config: EnrichmentConfig) -> None:
     """Earlier conversations keep their places; the file changes only by new ones ranking in."""
-    from worker.sampling import SAMPLE_PURPOSE, keyed_hash
+    from worker.dataset.sampling import SAMPLE_PURPOSE, keyed_hash
 
     enriched(engine, tmp_path, config, count=30)
     spec = SamplingSpec(stratify_by=("arc",), per_stratum=3, seed=1)

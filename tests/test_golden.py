@@ -18,9 +18,15 @@ import orjson
 
 from tests.conftest import FIXTURES
 from worker.config import EnrichmentConfig
-from worker.contract import in_contract_order
-from worker.enrich import enrich
-from worker.models import ConversationInputs, EmotionalArc, Persona, PromptTemplate, TrainingTopic
+from worker.enrichment.contract import in_contract_order
+from worker.enrichment.enrich import enrich
+from worker.enrichment.models import (
+    ConversationInputs,
+    EmotionalArc,
+    Persona,
+    PromptTemplate,
+    TrainingTopic,
+)
 
 UPSTREAM: dict[str, Any] = json.loads(
     (FIXTURES / "reference" / "enriched-upstream-david-chen.json").read_text())

@@ -16,9 +16,9 @@ from sqlalchemy import Engine, text
 
 from tests.conftest import run_cli
 from tests.dataset_helpers import enriched, read_jsonl
-from worker.card import render_card
 from worker.config import EnrichmentConfig
-from worker.enrich import ENRICHMENT_VERSION
+from worker.dataset.card import render_card
+from worker.enrichment.enrich import ENRICHMENT_VERSION
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from tests.conftest import run_cli
 from tests.helpers import import_records, write_jsonl
 from worker import synthetic
-from worker.importer import import_path
+from worker.jobs.importer import import_path
 
 PARSED = {"conversation_metadata": {"client_persona": "A - B", "session_context": "ctx",
                                     "conversation_phase": "p"},

@@ -26,12 +26,12 @@ from sqlalchemy.engine import make_url
 from tests.conftest import ROOT, cli_env, run_cli
 from tests.helpers import seed
 from worker import config as config_module
-from worker.backfill import BackfillOptions, run_backfill
+from worker.cli.demo import sample_path
 from worker.config import EnrichmentConfig
 from worker.db import migrate
 from worker.db.engine import libpq_url
-from worker.demo import sample_path
-from worker.processing import Processor
+from worker.enrichment.processing import Processor
+from worker.jobs.backfill import BackfillOptions, run_backfill
 
 PASSWORD = "hunter2"
 BAD_ROW = {"type": "conversation", "conversation_id": "0b9f6c1e-0000-4000-8000-0000000000aa",

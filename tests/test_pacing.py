@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.pacing import MAX_BATCH, MIN_BATCH, Pacer
+from worker.jobs.pacing import MAX_BATCH, MIN_BATCH, Pacer
 
 
 def test_size_shrinks_toward_the_target_and_grows_back_within_bounds() -> None:

@@ -19,10 +19,10 @@ from sqlalchemy import Engine
 from tests.conftest import ROOT, cli_env, run_cli
 from tests.helpers import seed
 from tests.test_backfill import _blocked_backends, _wait_for
-from worker.backfill import slice_bounds
 from worker.db import checkpoints
 from worker.db.checkpoints import LeaseLost, PageCounts
 from worker.db.repository import Filters
+from worker.jobs.backfill import slice_bounds
 
 
 def test_slice_bounds_cover_the_key_space_without_overlap() -> None:
@@ -108,8 +108,8 @@ def test_expired_lease_is_taken_over_and_the_old_owner_cannot_commit(engine: Eng
 
 def test_throttled_backfill_still_completes(engine: Engine, tmp_path: Path,
                                             config: Any) -> None:
-    from worker.backfill import BackfillOptions, run_backfill
-    from worker.processing import Processor
+    from worker.enrichment.processing import Processor
+    from worker.jobs.backfill import BackfillOptions, run_backfill
 
     seed(engine, tmp_path, count=12)
     result = run_backfill(engine, Processor(config),

@@ -13,13 +13,13 @@ from sqlalchemy import Engine
 from tests.generated import insert_generated, wait_until
 from tests.helpers import import_records, seed
 from worker import enrich_conversations, synthetic
-from worker.batch import enrich_batch
 from worker.config import EnrichmentConfig
 from worker.db import queue
 from worker.db.engine import libpq_url
 from worker.db.repository import StoredRow
-from worker.follow import Follower, FollowOptions
-from worker.processing import PageOutcome, Processor
+from worker.enrichment.processing import PageOutcome, Processor
+from worker.jobs.follow import Follower, FollowOptions
+from worker.jobs.writes import enrich_batch
 
 
 def _queued(raw: psycopg.Connection[Any]) -> dict[uuid.UUID, tuple[int, str]]:

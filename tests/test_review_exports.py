@@ -15,14 +15,14 @@ from tests.conftest import run_cli
 from tests.dataset_helpers import enriched, read_jsonl, stored
 from worker.api import enrich_conversations
 from worker.config import EnrichmentConfig
+from worker.dataset.export import ExportError, ExportOptions, run_export
+from worker.dataset.review_rules import ReviewRules
+from worker.dataset.reviews import ReviewInput, ReviewStatus, content_sha256
+from worker.dataset.sampling import SamplingSpec
+from worker.dataset.stats import collect
+from worker.dataset.stats_html import render
 from worker.db import reviews as db_reviews
 from worker.db.dataset import DatasetFilters
-from worker.export import ExportError, ExportOptions, run_export
-from worker.review_rules import ReviewRules
-from worker.reviews import ReviewInput, ReviewStatus, content_sha256
-from worker.sampling import SamplingSpec
-from worker.stats import collect
-from worker.stats_html import render
 
 Key = tuple[str, int]
 

@@ -16,11 +16,11 @@ from tests.conftest import run_cli
 from tests.dataset_helpers import backfill, enriched, stored
 from tests.helpers import import_records
 from worker import synthetic
-from worker.backfill import BackfillOptions, run_backfill
 from worker.config import EnrichmentConfig
+from worker.dataset.reviews import SHEET_COLUMNS, content_sha256
 from worker.db import reviews as db_reviews
-from worker.processing import Processor
-from worker.reviews import SHEET_COLUMNS, content_sha256
+from worker.enrichment.processing import Processor
+from worker.jobs.backfill import BackfillOptions, run_backfill
 
 HOSTILE = 'Good, but "too formal"; ok,\nsecond line\r\nthird — naïve café ✓ 日本語 =SUM(A1)'
 
@@ -342,7 +342,7 @@ def test_sql_hash_equals_the_python_hash(engine: Engine) -> None:
 
 def test_concurrent_recorders_of_one_pair_both_land(engine: Engine, tmp_path: Path,
                                                     config: EnrichmentConfig) -> None:
-    from worker.reviews import ReviewInput, ReviewStatus
+    from worker.dataset.reviews import ReviewInput, ReviewStatus
 
     enriched(engine, tmp_path, config, count=2)
     cid, document = stored(engine)[0]

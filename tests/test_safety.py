@@ -26,23 +26,23 @@ from tests.generated import insert_generated, wait_until
 from tests.helpers import seed
 from worker import synthetic
 from worker.api import EnrichResult, enrich_conversations
-from worker.backfill import (
+from worker.config import EnrichmentConfig
+from worker.db import checkpoints, queue
+from worker.db.engine import libpq_url, make_engine
+from worker.db.repository import Filters, Limits, StoredRow
+from worker.enrichment.enrich import enrich
+from worker.enrichment.models import ConversationInputs
+from worker.enrichment.processing import PageOutcome, Processor, estimate_document_bytes
+from worker.jobs.backfill import (
     BackfillOptions,
     DatabaseGone,
     Ending,
     end_of_work,
     run_backfill,
 )
-from worker.config import EnrichmentConfig
-from worker.db import checkpoints, queue
-from worker.db.engine import libpq_url, make_engine
-from worker.db.repository import Filters, Limits, StoredRow
-from worker.enrich import enrich
-from worker.follow import Follower, FollowOptions
-from worker.importer import import_path
-from worker.models import ConversationInputs
-from worker.processing import PageOutcome, Processor, estimate_document_bytes
-from worker.run_state import RunStatus, can_move
+from worker.jobs.follow import Follower, FollowOptions
+from worker.jobs.importer import import_path
+from worker.jobs.run_state import RunStatus, can_move
 
 
 def _documents(url: str) -> dict[uuid.UUID, str | None]:

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from worker.sampling import (
+from worker.dataset.sampling import (
     SAMPLE_PURPOSE,
     SPLIT_PURPOSE,
     SamplingError,

@@ -6,9 +6,9 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from tests.helpers import seed
-from worker.backfill import BackfillOptions, run_backfill
 from worker.config import EnrichmentConfig
-from worker.processing import Processor
+from worker.enrichment.processing import Processor
+from worker.jobs.backfill import BackfillOptions, run_backfill
 
 
 def test_backfill_enriches_every_row(engine: Engine, tmp_path: Path,

@@ -18,9 +18,9 @@ from tests.dataset_helpers import enriched, params_key, stored
 from tests.helpers import import_records
 from worker import synthetic
 from worker.config import EnrichmentConfig
-from worker.enrich import ENRICHMENT_VERSION
-from worker.stats import collect
-from worker.stats_html import charts, render
+from worker.dataset.stats import collect
+from worker.dataset.stats_html import charts, render
+from worker.enrichment.enrich import ENRICHMENT_VERSION
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -11,9 +11,14 @@ from sqlalchemy import Engine, text
 
 from tests.conftest import run_cli
 from tests.dataset_helpers import enriched, stored
-from worker.checks import check_chat_row, check_file, check_prompt_completion_row, check_stored
 from worker.config import EnrichmentConfig
-from worker.export import ExportOptions, run_export
+from worker.dataset.export import ExportOptions, run_export
+from worker.dataset.validate import (
+    check_chat_row,
+    check_file,
+    check_prompt_completion_row,
+    check_stored,
+)
 
 
 def _codes(found: list[Any]) -> set[str]:

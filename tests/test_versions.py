@@ -19,11 +19,11 @@ from tests.dataset_helpers import backfill, enriched, read_jsonl
 from tests.helpers import import_records
 from worker import synthetic
 from worker.config import EnrichmentConfig
+from worker.dataset.export import ExportError, ExportOptions, run_export
+from worker.dataset.sampling import SamplingSpec
+from worker.dataset.versions import MemberPair, diff_members, from_json, to_json
 from worker.db.dataset import DatasetFilters
-from worker.enrich import ENRICHMENT_VERSION
-from worker.export import ExportError, ExportOptions, run_export
-from worker.sampling import SamplingSpec
-from worker.versions import MemberPair, diff_members, from_json, to_json
+from worker.enrichment.enrich import ENRICHMENT_VERSION
 
 SAMPLE = ["--stratify-by", "persona", "--split-validation", "0.3", "--seed", "3",
           "--include-rejected-tier"]

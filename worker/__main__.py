@@ -1,5 +1,5 @@
 import sys
 
-from worker.cli import main
+from worker.cli.app import main
 
 sys.exit(main())

@@ -29,10 +29,10 @@ import structlog
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from worker.batch import BatchResult, enrich_batch
 from worker.config import EnrichmentConfig, load_enrichment_config
 from worker.db.engine import make_engine, normalize_url
-from worker.processing import FAILED, UPDATED, Processor
+from worker.enrichment.processing import FAILED, UPDATED, Processor
+from worker.jobs.writes import BatchResult, enrich_batch
 
 log = structlog.get_logger("reenrich.api")
 

@@ -19,7 +19,7 @@ import orjson
 from sqlalchemy import Connection, text
 
 from worker.db.repository import Filters
-from worker.run_state import FINISHED, RESUMABLE, RunStatus, allowed_from
+from worker.jobs.run_state import FINISHED, RESUMABLE, RunStatus, allowed_from
 
 
 class LeaseLost(Exception):

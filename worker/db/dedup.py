@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Connection, text
 
-from worker.dedup import Layout, Member, Sketch
+from worker.dataset.dedup import Layout, Member, Sketch
 
 LOCK_KEY = 0x7265656E_64656470  # pg advisory lock: one dedup run at a time
 CANDIDATE_BATCH = 2000

@@ -20,7 +20,7 @@ from psycopg.adapt import Dumper
 from psycopg.types.json import set_json_loads
 from sqlalchemy import Connection, text
 
-from worker.models import (
+from worker.enrichment.models import (
     ConversationInputs,
     EmotionalArc,
     PairReview,

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
-from worker.versions import FileRecord, MemberPair, VersionError
+from worker.dataset.versions import FileRecord, MemberPair, VersionError
 
 CHUNK = 10_000
 

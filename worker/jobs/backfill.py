@@ -24,10 +24,10 @@ from datetime import UTC, datetime
 import structlog
 from sqlalchemy import Connection, Engine
 
-from worker import batch
 from worker.db import checkpoints, repository
 from worker.db.checkpoints import LeaseLost, Run, Slice
 from worker.db.repository import Filters, Limits
+from worker.enrichment.processing import FAILED, PageOutcome, Processor
 from worker.errors import (
     EXIT_CANCELLED,
     EXIT_INTERRUPTED,
@@ -37,11 +37,11 @@ from worker.errors import (
     DatabaseError,
     ReenrichError,
 )
-from worker.follow import backoff_seconds, is_connection_error
-from worker.pacing import Pacer
-from worker.processing import FAILED, PageOutcome, Processor
-from worker.progress import Progress
-from worker.run_state import FINISHED, RunStatus
+from worker.jobs import writes as batch
+from worker.jobs.follow import backoff_seconds, is_connection_error
+from worker.jobs.pacing import Pacer
+from worker.jobs.progress import Progress
+from worker.jobs.run_state import FINISHED, RunStatus
 
 log = structlog.get_logger("reenrich.backfill")
 

@@ -21,10 +21,7 @@ import structlog
 from sqlalchemy import Engine
 
 from worker.config import EnrichmentConfig, load_enrichment_config
-from worker.db import dataset
-from worker.db import reviews as db
-from worker.errors import ReenrichError, UsageError
-from worker.reviews import (
+from worker.dataset.reviews import (
     STATUSES,
     BadRow,
     ReviewInput,
@@ -34,10 +31,13 @@ from worker.reviews import (
     read_filled,
     write_sheet,
 )
-from worker.sampling import SamplingError, SamplingSpec, make_plan, parse_stratify_by
+from worker.dataset.sampling import SamplingError, SamplingSpec, make_plan, parse_stratify_by
+from worker.db import dataset
+from worker.db import reviews as db
+from worker.errors import ReenrichError, UsageError
 
 if TYPE_CHECKING:
-    from worker.cli import Context
+    from worker.cli.app import Context
 
 log = structlog.get_logger("reenrich.review")
 Out = Callable[[str], None]
@@ -195,7 +195,7 @@ def _one_line(notes: str | None, width: int = 60) -> str:
 
 
 def print_list(items: list[db.StoredReview], as_json: bool, out: Out) -> None:
-    from worker.stats import table
+    from worker.dataset.stats import table
 
     if as_json:
         out(json.dumps([review_json(r) for r in items], ensure_ascii=False))

@@ -201,7 +201,7 @@ def parse_level(value: str) -> str:
 
 
 def _fields(value: str) -> tuple[str, ...]:
-    from worker.sampling import SamplingError, parse_stratify_by
+    from worker.dataset.sampling import SamplingError, parse_stratify_by
 
     try:
         return parse_stratify_by(value)
@@ -210,8 +210,8 @@ def _fields(value: str) -> tuple[str, ...]:
 
 
 def _by(value: str) -> tuple[str, ...]:
-    from worker.sampling import SamplingError
-    from worker.stats import parse_by
+    from worker.dataset.sampling import SamplingError
+    from worker.dataset.stats import parse_by
 
     try:
         return parse_by(value)
@@ -302,7 +302,7 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_import(args: argparse.Namespace, ctx: Context) -> int:
-    from worker.importer import import_path
+    from worker.jobs.importer import import_path
 
     path = Path(args.path)
     if path.is_dir():
@@ -319,8 +319,8 @@ def cmd_import(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def backfill_options(args: argparse.Namespace, settings: Settings) -> Any:
-    from worker.backfill import BackfillOptions
     from worker.db.repository import Filters
+    from worker.jobs.backfill import BackfillOptions
 
     filters = Filters(persona=args.persona, arc=args.arc, topic=args.topic,
                       since=args.since, until=args.until)
@@ -352,8 +352,8 @@ def write_limits(settings: Settings) -> Any:
 
 def _backfill_summary(ctx: Context, result: Any, started: datetime) -> None:
     """What the run did, for people (stdout): counts, status, and what to do next."""
+    from worker.cli.status import one_line
     from worker.db import checkpoints
-    from worker.status import one_line
 
     with ctx.engine().connect() as conn:
         run = checkpoints.get_run(conn, result.run_name)
@@ -382,9 +382,9 @@ def _backfill_summary(ctx: Context, result: Any, started: datetime) -> None:
 
 
 def cmd_backfill(args: argparse.Namespace, ctx: Context) -> int:
-    from worker.backfill import RunBusy, run_backfill
-    from worker.processing import Processor
-    from worker.status import one_line
+    from worker.cli.status import one_line
+    from worker.enrichment.processing import Processor
+    from worker.jobs.backfill import RunBusy, run_backfill
 
     options = backfill_options(args, ctx.settings)
     engine = ctx.engine()
@@ -423,20 +423,20 @@ def cmd_cancel(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
-    from worker.status import print_status
+    from worker.cli.status import print_status
 
     return print_status(ctx.engine(), as_json=args.json, out=_write, wide=args.wide)
 
 
 def cmd_failures(args: argparse.Namespace, ctx: Context) -> int:
-    from worker.status import print_failures
+    from worker.cli.status import print_failures
 
     return print_failures(ctx.engine(), run=args.run, as_json=args.json,
                           include_resolved=args.all, out=_write, wide=args.wide)
 
 
 def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
-    from worker.status import show_documents
+    from worker.cli.status import show_documents
 
     if not args.ids and not args.all:
         raise UsageError("show needs conversation ids (reenrich show ID [ID...]) or --all")
@@ -457,8 +457,8 @@ def cmd_enrich(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_follow(args: argparse.Namespace, ctx: Context) -> int:
     from worker.db.engine import make_engine
-    from worker.follow import APPLICATION_NAME, DEFAULT_BATCH_SIZE, FollowOptions, run_follow
-    from worker.processing import Processor
+    from worker.enrichment.processing import Processor
+    from worker.jobs.follow import APPLICATION_NAME, DEFAULT_BATCH_SIZE, FollowOptions, run_follow
 
     stop = threading.Event()
     install_stop_handlers(stop)
@@ -479,7 +479,7 @@ def cmd_follow(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_workers(args: argparse.Namespace, ctx: Context) -> int:
-    from worker.status import print_workers
+    from worker.cli.status import print_workers
 
     return print_workers(ctx.engine(), as_json=args.json, out=_write, wide=args.wide)
 
@@ -490,8 +490,8 @@ FROM_VERSION_FLAGS = frozenset({"output", "validation_output", "hub", "shard_siz
 
 
 def parse_version_name(value: str) -> str:
+    from worker.dataset.versions import check_name
     from worker.errors import UsageError
-    from worker.versions import check_name
 
     try:
         return check_name(value)
@@ -502,10 +502,10 @@ def parse_version_name(value: str) -> str:
 def _export_options(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
+    from worker.dataset.export import ExportOptions
+    from worker.dataset.review_rules import ReviewRules
+    from worker.dataset.sampling import SamplingSpec
     from worker.db.dataset import DatasetFilters
-    from worker.export import ExportOptions
-    from worker.review_rules import ReviewRules
-    from worker.sampling import SamplingSpec
 
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
@@ -537,7 +537,7 @@ def _export_options(args: argparse.Namespace) -> Any:
 def _from_version(args: argparse.Namespace, ctx: Context) -> tuple[Any, Any]:
     from pathlib import Path
 
-    from worker.export import from_version_options, load_source
+    from worker.dataset.export import from_version_options, load_source
 
     given = sorted(f"--{dest.replace('_', '-')}" for dest, default in args.export_defaults.items()
                    if dest not in FROM_VERSION_FLAGS and getattr(args, dest, default) != default)
@@ -557,7 +557,7 @@ def _from_version(args: argparse.Namespace, ctx: Context) -> tuple[Any, Any]:
 def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
     from pathlib import Path
 
-    from worker.export import EmptyExport, export_command
+    from worker.dataset.export import EmptyExport, export_command
 
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
@@ -585,8 +585,8 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_datasets(args: argparse.Namespace, ctx: Context) -> int:
     from pathlib import Path
 
-    from worker import version_commands as vc
-    from worker.versions import VersionError
+    from worker.cli import datasets as vc
+    from worker.dataset.versions import VersionError
 
     action = args.datasets_command
     try:
@@ -603,7 +603,7 @@ def cmd_datasets(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_validate(args: argparse.Namespace, ctx: Context) -> int:
-    from worker.checks import check_file, check_stored, print_file, print_stored
+    from worker.dataset.validate import check_file, check_stored, print_file, print_stored
 
     if args.file:
         file = Path(args.file)
@@ -618,9 +618,9 @@ def cmd_validate(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_stats(args: argparse.Namespace, ctx: Context) -> int:
     import json
 
-    from worker.export import ExportError, check_writable
-    from worker.stats import collect, print_text
-    from worker.stats_html import render
+    from worker.dataset.export import ExportError, check_writable
+    from worker.dataset.stats import collect, print_text
+    from worker.dataset.stats_html import render
 
     html = Path(args.html) if args.html else None
     if html is not None:
@@ -640,7 +640,7 @@ def cmd_stats(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_dedup(args: argparse.Namespace, ctx: Context) -> int:
-    from worker.dedup_cli import command
+    from worker.cli.dedup import command
     from worker.errors import ReenrichError, UsageError
 
     try:
@@ -653,7 +653,7 @@ def cmd_dedup(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, ctx: Context) -> int:
-    from worker.demo import run_demo
+    from worker.cli.demo import run_demo
 
     return run_demo(ctx, out=_write)
 
@@ -723,7 +723,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from worker.dedup_cli import add_arguments as dedup_arguments
+    from worker.cli.dedup import add_arguments as dedup_arguments
 
     parser = Parser(
         prog="reenrich",
@@ -903,7 +903,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("demo", cmd_demo, "embedded PostgreSQL + sample data + backfill, end to end (never "
         "into a database holding other data)")
 
-    from worker.review_commands import register as register_review
+    from worker.cli.review import register as register_review
 
     register_review(sub, _write)
 
@@ -923,7 +923,7 @@ def _fail(message: str, exc: BaseException, debug: bool) -> None:
 
 
 def _one_line(text: str) -> str:
-    from worker.status import first_line
+    from worker.cli.status import first_line
 
     return first_line(text)
 

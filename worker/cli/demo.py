@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, text
 
-from worker.backfill import BackfillOptions, run_backfill
 from worker.config import load_enrichment_config
-from worker.contract import in_contract_order
 from worker.db import checkpoints, migrate
 from worker.db.engine import target
+from worker.enrichment.contract import in_contract_order
+from worker.enrichment.processing import Processor
 from worker.errors import ReenrichError
-from worker.importer import import_path
-from worker.processing import Processor
+from worker.jobs.backfill import BackfillOptions, run_backfill
+from worker.jobs.importer import import_path
 
 if TYPE_CHECKING:
-    from worker.cli import Context
+    from worker.cli.app import Context
 
 # A legacy row of the sample: its parsed document has no input_parameters,
 # but the row references its persona, arc and topic.

@@ -28,9 +28,9 @@ import orjson
 import structlog
 from sqlalchemy import Connection, Engine
 
-from worker import dedup
+from worker.dataset import dedup
+from worker.dataset.dedup import Scope, Source
 from worker.db import dedup as db
-from worker.dedup import Scope, Source
 from worker.errors import ReenrichError
 
 log = structlog.get_logger("reenrich.dedup")

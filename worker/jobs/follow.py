@@ -32,11 +32,11 @@ import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from worker.batch import BatchResult, enrich_batch, enrich_pending, log_row_failures
 from worker.db import queue
 from worker.db.engine import connect_args, libpq_url
 from worker.db.repository import Limits
-from worker.processing import Processor
+from worker.enrichment.processing import Processor
+from worker.jobs.writes import BatchResult, enrich_batch, enrich_pending, log_row_failures
 
 log = structlog.get_logger("reenrich.follow")
 

@@ -14,7 +14,7 @@ Out = Callable[[str], None]
 def collect(conn: Connection) -> dict[str, Any] | None:
     """What the last `reenrich dedup` found, or None when it never ran."""
     from worker.db import dedup as db
-    from worker.dedup_job import report
+    from worker.jobs.dedup import report
 
     if not db.has_tables(conn):
         return None
@@ -28,7 +28,7 @@ def collect(conn: Connection) -> dict[str, Any] | None:
 
 
 def print_text(found: dict[str, Any] | None, out: Out) -> None:
-    from worker.dedup_cli import print_details
+    from worker.cli.dedup import print_details
 
     out("")
     if found is None:

@@ -14,7 +14,7 @@ from typing import Any, Union
 import orjson
 from pydantic import BaseModel
 
-from worker.models import EnrichedDocument
+from worker.enrichment.models import EnrichedDocument
 
 # An order node: the keys of an object, each with the node of its value.
 # `None` means "leave this value as it is" (scalars, free-form objects).

@@ -13,8 +13,8 @@ import html
 import json
 from typing import Any
 
-from worker import dedup_stats, review_stats
-from worker.stats import DIMENSION_TITLE, NONE_LABEL
+from worker.dataset import dedup_stats, review_stats
+from worker.dataset.stats import DIMENSION_TITLE, NONE_LABEL
 
 
 def _label(value: Any) -> str:

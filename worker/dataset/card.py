@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from worker.formats import CONDITION_LINES
-from worker.versions import reenrich_version
+from worker.dataset.formats import CONDITION_LINES
+from worker.dataset.versions import reenrich_version
 
 if TYPE_CHECKING:
-    from worker.export import ExportOptions
+    from worker.dataset.export import ExportOptions
 
 FORMAT_NOTES = {
     "chat": "one row per conversation: `messages` (system, then alternating user and "
@@ -61,7 +61,7 @@ def _relative(path: str, card: Path) -> str:
 
 def check_card_place(options: ExportOptions, card: Path | None) -> None:
     """Refuse a card its data files are not under (its paths would need `../`)."""
-    from worker.export import ExportUsageError
+    from worker.dataset.export import ExportUsageError
 
     if card is None:
         return
@@ -119,7 +119,7 @@ def _header(report: dict[str, Any], card_path: Path) -> dict[str, Any]:
             for name, split in splits.items()]}],
     }
     if hub is not None:
-        from worker.hub import dataset_info_yaml
+        from worker.dataset.hub import dataset_info_yaml
 
         header["dataset_info"] = dataset_info_yaml(hub)
     header.update({

@@ -15,9 +15,15 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from worker.config import EnrichmentConfig
-from worker.models import ConversationInputs, PairReview, Persona
-from worker.reviews import content_sha256
-from worker.validation import CONTROL_CHARACTERS_REMOVED, Issue, Report, is_blank, validate_parsed
+from worker.dataset.reviews import content_sha256
+from worker.enrichment.models import ConversationInputs, PairReview, Persona
+from worker.enrichment.validation import (
+    CONTROL_CHARACTERS_REMOVED,
+    Issue,
+    Report,
+    is_blank,
+    validate_parsed,
+)
 
 # Bumped whenever a change here changes documents, so operators can see which
 # rows were built by which logic (`reenrich stats`). Version 2: whole

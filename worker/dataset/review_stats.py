@@ -57,7 +57,7 @@ HEADER = ["", "assistant_pairs", *COUNTS, "share_reviewed"]
 
 
 def print_text(cover: dict[str, Any], out: Callable[[str], None]) -> None:
-    from worker.stats import table
+    from worker.dataset.stats import table
 
     out("")
     out(f"review coverage: {cover['reviewed']} of {cover['assistant_pairs']} assistant pairs "

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from worker.formats import is_assistant_pair, pairs_in_order
+from worker.dataset.formats import is_assistant_pair, pairs_in_order
 
 # Why an assistant pair is not written (the report's `review.pairs_removed`).
 REJECTED = "rejected"

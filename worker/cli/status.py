@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from worker.contract import dumps, in_contract_order
 from worker.db import checkpoints, queue, repository
+from worker.enrichment.contract import dumps, in_contract_order
 
 Out = Callable[[str | bytes], None]
 
@@ -206,7 +206,7 @@ def print_status(engine: Engine, *, as_json: bool, out: Out, wide: bool = False,
 def _print_versions(engine: Engine, out: Out) -> None:
     """Enriched rows per enrichment version: rows below the current one await a backfill."""
     from worker.db.dataset import version_counts
-    from worker.enrich import ENRICHMENT_VERSION
+    from worker.enrichment.enrich import ENRICHMENT_VERSION
 
     with engine.connect() as conn:
         counts = version_counts(conn)

@@ -1,6 +1,6 @@
 """`reenrich export --hub DIR`: a folder ready to push as a Hugging Face dataset repository.
 
-    DIR/README.md                                the dataset card (`worker.card`)
+    DIR/README.md                                the dataset card (`worker.dataset.card`)
     DIR/data/train-00000-of-0000N.parquet        the rows of each split
     DIR/data/validation-00000-of-0000M.parquet
 
@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from worker import formats
+from worker.dataset import formats
 from worker.errors import ReenrichError
 
 HUB_FORMATS = ("chat", "prompt-completion")
@@ -73,7 +73,7 @@ def schema(fmt: str, strip_metadata: bool) -> pa.Schema:
     unknown = [n for n in names if n not in COLUMN_TYPES]
     if unknown:
         raise HubError(f"no Parquet type for column(s) {', '.join(unknown)}: add them to "
-                       "worker.hub.COLUMN_TYPES")
+                       "worker.dataset.hub.COLUMN_TYPES")
     return pa.schema([pa.field(n, COLUMN_TYPES[n], nullable=True) for n in names])
 
 
@@ -132,7 +132,7 @@ class ParquetSink:
     def write(self, row: dict[str, Any], document: dict[str, Any]) -> None:
         if list(row) != self.names:
             raise HubError(f"a {self.split} row has columns {list(row)}, the Parquet schema "
-                           f"{self.names}: update worker.hub.columns")
+                           f"{self.names}: update worker.dataset.hub.columns")
         self._buffer.append(row)
         self._buffered += _row_bytes(row)
         self.rows += 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.review_rules import REVIEW_ORDER
+from worker.dataset.review_rules import REVIEW_ORDER
 
 NONE_KEY = "(none)"  # how a null scaffolding key is shown in counts
 SHORTFALL_LISTED = 8  # strata named in the printed short report

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from worker.dataset.versions import FileCheck, diff_members, locate, print_diff, verify_files
 from worker.db import versions as db_versions
-from worker.versions import FileCheck, diff_members, locate, print_diff, verify_files
 
 Out = Callable[[str], None]
 

@@ -37,7 +37,14 @@ from sqlalchemy.exc import DBAPIError
 from worker.db import queue, repository
 from worker.db.checkpoints import PageCounts
 from worker.db.repository import Failed, Limits, RawJsonb
-from worker.processing import DEFERRED, FAILED, UPDATED, PageOutcome, Processor, RowResult
+from worker.enrichment.processing import (
+    DEFERRED,
+    FAILED,
+    UPDATED,
+    PageOutcome,
+    Processor,
+    RowResult,
+)
 
 log = structlog.get_logger("reenrich.write")
 

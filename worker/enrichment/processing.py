@@ -26,9 +26,9 @@ import orjson
 from worker.config import EnrichmentConfig
 from worker.db.checkpoints import PageCounts
 from worker.db.repository import Changed, Failed, RawJsonb, StoredRow
-from worker.enrich import ENRICHMENT_VERSION, InvalidDocument, enrich
-from worker.models import ConversationInputs
-from worker.validation import ENRICHMENT_ERROR
+from worker.enrichment.enrich import ENRICHMENT_VERSION, InvalidDocument, enrich
+from worker.enrichment.models import ConversationInputs
+from worker.enrichment.validation import ENRICHMENT_ERROR
 
 
 class Outcome(StrEnum):

@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from worker import dedup_stats, review_stats
+from worker.dataset import dedup_stats, review_stats
+from worker.dataset.sampling import STRATUM_FIELDS, SamplingError
 from worker.db import dataset
-from worker.sampling import STRATUM_FIELDS, SamplingError
 
 DIMENSION_BIT = {"persona": 4, "arc": 2, "topic": 1}  # GROUPING() bits, rolled up when set
 DIMENSION_TITLE = {"persona": "persona", "arc": "emotional arc", "topic": "training topic"}

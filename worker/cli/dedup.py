@@ -51,8 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace, engine: Engine, out: Out) -> int:
     import orjson
 
-    from worker import dedup
-    from worker.dedup_job import run_dedup
+    from worker.dataset import dedup
+    from worker.jobs.dedup import run_dedup
 
     if args.show:
         if args.threshold is not None or args.within_cell or args.workers != 1:

@@ -34,8 +34,8 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 
 from worker.db import dataset
-from worker.models import EnrichedDocument, TrainingPair
-from worker.validation import Issue
+from worker.enrichment.models import EnrichedDocument, TrainingPair
+from worker.enrichment.validation import Issue
 
 SCAFFOLDING_FIELDS = ("persona_archetype", "emotional_arc", "emotional_arc_key",
                       "training_topic", "training_topic_key")

@@ -14,10 +14,10 @@ be created or written), and an export that selects no rows writes nothing and
 fails, naming what removed everything, unless `allow_empty`.
 Formats whose head depends on the whole body (`brightrun-v4 --meta`,
 `full-json`) spool the body to a temporary file first: memory stays flat.
-`--hub DIR` writes the same rows as Parquet shards (`worker.hub`).
+`--hub DIR` writes the same rows as Parquet shards (`worker.dataset.hub`).
 
 Every export that writes files is then recorded as a dataset version
-(`worker.versions`, `worker.db.versions`): its options, counts, files with
+(`worker.dataset.versions`, `worker.db.versions`): its options, counts, files with
 their SHA-256, and its members with the `enriched_hash` read in the same
 snapshot the documents came from. `--from-version` replays a version: its
 members in their splits take the place of the filters and the sample.
@@ -40,15 +40,9 @@ import orjson
 import structlog
 from sqlalchemy import Engine
 
-from worker import formats, hub, review_rules, versions
-from worker.contract import dumps, in_contract_order
-from worker.db import dataset
-from worker.db import versions as db_versions
-from worker.db.dataset import DatasetFilters
-from worker.dedup_export import NEAR_DUPLICATE, ExportClusters
-from worker.enrich import ENRICHMENT_VERSION, round_half_up
-from worker.errors import ReenrichError, UsageError
-from worker.export_report import (
+from worker.dataset import formats, hub, review_rules, versions
+from worker.dataset.dedup_export import NEAR_DUPLICATE, ExportClusters
+from worker.dataset.export_report import (
     ExportReport,
     Lengths,
     SplitTally,
@@ -56,8 +50,8 @@ from worker.export_report import (
     TokenizerError,
     print_short,
 )
-from worker.review_rules import ReviewRules
-from worker.sampling import (
+from worker.dataset.review_rules import ReviewRules
+from worker.dataset.sampling import (
     SamplePlan,
     SamplingError,
     SamplingSpec,
@@ -65,6 +59,12 @@ from worker.sampling import (
     stratum_key,
     stratum_label,
 )
+from worker.db import dataset
+from worker.db import versions as db_versions
+from worker.db.dataset import DatasetFilters
+from worker.enrichment.contract import dumps, in_contract_order
+from worker.enrichment.enrich import ENRICHMENT_VERSION, round_half_up
+from worker.errors import ReenrichError, UsageError
 
 log = structlog.get_logger("reenrich.export")
 
@@ -128,7 +128,7 @@ class ExportOptions:
     max_tokens: int | None = None
     drop_over_max: bool = False
     review: ReviewRules = field(default_factory=ReviewRules)
-    hub: Path | None = None  # a Hugging Face dataset folder (`worker.hub`)
+    hub: Path | None = None  # a Hugging Face dataset folder (`worker.dataset.hub`)
     shard_size_mb: float | None = None  # hub: default hub.DEFAULT_SHARD_MB
     license: str | None = None  # hub: the card's license, default "other"
     allow_empty: bool = False  # write an empty file instead of failing when nothing is selected
@@ -647,7 +647,7 @@ def run_export(engine: Engine, options: ExportOptions, *,
                name: str | None = None, source: Source | None = None) -> dict[str, Any]:
     """Write the export (its validation file, its card), record it as a dataset version;
     the report as a JSON-ready dict."""
-    from worker.card import check_card_place, render_card
+    from worker.dataset.card import check_card_place, render_card
 
     options.check()
     check_card_place(options, card_path)

@@ -1,0 +1,2 @@
+"""The `reenrich` command: the parser and entry point (`app`), and one module per command family.
+"""
