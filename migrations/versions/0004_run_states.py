@@ -3,7 +3,7 @@ of rows left for later (inputs changed during the write, or a lock held), and no
 `dry_run` column (a dry run never creates a run).
 
 The allowed transitions between statuses are written once, in
-worker/run_state.py; every status change in worker/db/checkpoints.py is
+worker/jobs/run_state.py; every status change in worker/db/checkpoints.py is
 guarded by them in its SQL.
 
 Revision ID: 0004

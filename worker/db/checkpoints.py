@@ -140,7 +140,7 @@ def restart_run(conn: Connection, *, name: str, version: int, total: int) -> boo
     return True
 
 
-# Every status change goes through here, guarded by worker/run_state.py's table.
+# Every status change goes through here, guarded by worker/jobs/run_state.py's table.
 MOVE_SQL = text("""
 UPDATE backfill_runs
 SET status = :status, heartbeat_at = now(),
