@@ -134,7 +134,7 @@ def test_new_generation_log_rewrites_only_that_row(engine: Engine, tmp_path: Pat
                                                    raw: psycopg.Connection[Any]) -> None:
     seed(engine, tmp_path, count=15)
     backfill(engine, config)
-    cid = raw.execute("SELECT conversation_id FROM conversations LIMIT 1").fetchone()[0]
+    cid = raw.execute("SELECT conversation_id FROM conversations LIMIT 1").fetchall()[0][0]
     before = xmins(raw)
     raw.execute("INSERT INTO generation_logs (conversation_id, system_prompt) VALUES (%s, %s)",
                 (cid, "A newer prompt"))
@@ -152,7 +152,7 @@ def test_documents_match_the_pure_function(engine: Engine, tmp_path: Path,
     backfill(engine, config)
     with engine.connect() as conn:
         rows = repository.read_page(conn, after=None, upper=None, filters=Filters(), limit=100)
-        stored = dict(conn.exec_driver_sql(
+        stored: dict[Any, Any] = dict(conn.exec_driver_sql(
             "SELECT conversation_id, enriched_hash FROM conversations").fetchall())
     for row in rows:
         expected = orjson.dumps(enrich(row.inputs, config).document)
@@ -178,7 +178,7 @@ def test_hostile_documents_fail_while_the_rest_of_the_page_is_written(
     assert statuses == {"enriched": 6, "failed": 7}
     dirty = raw.execute("SELECT validation_report, enriched_json::text FROM conversations "
                         "WHERE conversation_id = '00000000-0000-4000-8000-000000000007'"
-                        ).fetchone()
+                        ).fetchall()[0]
     assert [w["code"] for w in dirty[0]["warnings"]] == ["control_characters_removed"]
     assert "\\u0007" not in dirty[1] and "I keep overspending." in dirty[1]
 
@@ -195,7 +195,7 @@ def test_failed_row_keeps_last_good_document_and_is_resolved_later(
     raw.execute("UPDATE conversations SET parsed_json = %s", (json.dumps(bad),))
     assert backfill(engine, config).failed == 1
     row = raw.execute("SELECT enriched_json, enriched_hash, enrichment_status, enrichment_error "
-                      "FROM conversations").fetchone()
+                      "FROM conversations").fetchall()[0]
     assert row[:2] == good and row[2] == "failed" and "intensity" in row[3]
     raw.execute("UPDATE conversations SET parsed_json = %s", (json.dumps(good_parsed()),))
     fixed = backfill(engine, config)
@@ -267,7 +267,7 @@ def test_filters_limit_the_run(engine: Engine, tmp_path: Path, config: Enrichmen
     seed(engine, tmp_path, count=40)
     expected = raw.execute("SELECT count(*) FROM conversations c JOIN emotional_arcs a "
                            "ON a.id = c.emotional_arc_id WHERE a.arc_key = 'fear_to_confidence'"
-                           ).fetchone()[0]
+                           ).fetchall()[0][0]
     result = backfill(engine, config, filters=Filters(arc="fear_to_confidence"))
     assert result.processed == expected > 0
     assert raw.execute("SELECT total FROM backfill_runs").fetchone() == (expected,)
@@ -309,9 +309,9 @@ def _wait_for(predicate: Any, timeout: float = 60.0) -> None:
 
 
 def _blocked_backends(raw: psycopg.Connection[Any]) -> int:
-    return raw.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                       " AND application_name = 'reenrich' AND wait_event_type = 'Lock'"
-                       ).fetchone()[0]
+    return int(raw.execute("SELECT count(*) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND application_name = 'reenrich'"
+                           " AND wait_event_type = 'Lock'").fetchall()[0][0])
 
 
 def _start_backfill(db_url: str, *args: str) -> subprocess.Popen[str]:
@@ -336,7 +336,7 @@ def test_sigkill_mid_page_resumes_to_the_uninterrupted_state(
     row_lock.rollback()
     _wait_for(lambda: raw.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
                                   "current_database() AND application_name = 'reenrich'"
-                                  ).fetchone()[0] == 0)
+                                  ).fetchall()[0][0] == 0)
     run = raw.execute("SELECT status, processed, updated FROM backfill_runs").fetchone()
     assert run == ("running", 20, 20)  # exactly the two committed pages
     assert raw.execute("SELECT cursor FROM backfill_slices").fetchone() == (ids[19],)
@@ -356,7 +356,7 @@ def test_second_process_on_the_same_run_is_refused(
         engine: Engine, db_url: str, tmp_path: Path, raw: psycopg.Connection[Any],
         row_lock: psycopg.Connection[Any]) -> None:
     seed(engine, tmp_path, count=30)
-    first_id = raw.execute("SELECT min(conversation_id::text) FROM conversations").fetchone()[0]
+    first_id = raw.execute("SELECT min(conversation_id::text) FROM conversations").fetchall()[0][0]
     row_lock.execute("SELECT 1 FROM conversations WHERE conversation_id = %s FOR UPDATE",
                      (first_id,))
     holder = _start_backfill(db_url, "--run", "busy", "--batch-size", "10")
@@ -377,11 +377,11 @@ def test_sigterm_finishes_the_page_and_marks_interrupted(
     seed(engine, tmp_path, count=40)
     proc = _start_backfill(db_url, "--run", "term", "--batch-size", "5", "--sleep", "0.5")
     _wait_for(lambda: (raw.execute("SELECT coalesce(max(processed), 0) FROM backfill_runs"
-                                   ).fetchone()[0]) >= 5)
+                                   ).fetchall()[0][0]) >= 5)
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    status, processed = raw.execute("SELECT status, processed FROM backfill_runs").fetchone()
+    status, processed = raw.execute("SELECT status, processed FROM backfill_runs").fetchall()[0]
     assert status == "interrupted" and 5 <= processed < 40 and processed % 5 == 0
     events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
     assert "signal.received" in events and "backfill.interrupted" in events
@@ -438,12 +438,12 @@ def test_cancelled_run_stops_after_its_page(engine: Engine, db_url: str, tmp_pat
     seed(engine, tmp_path, count=120)
     proc = _start_backfill(db_url, "--run", "stopme", "--batch-size", "5", "--sleep", "0.3")
     _wait_for(lambda: (raw.execute("SELECT coalesce(max(processed), 0) FROM backfill_runs"
-                                   ).fetchone()[0]) >= 5)
+                                   ).fetchall()[0][0]) >= 5)
     cancel = run_cli(db_url, "cancel", "stopme")
     assert cancel.returncode == 0, cancel.stderr
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 5, err  # cancelled: its own exit status, not success
-    status, processed = raw.execute("SELECT status, processed FROM backfill_runs").fetchone()
+    status, processed = raw.execute("SELECT status, processed FROM backfill_runs").fetchall()[0]
     assert status == "cancelled" and processed < 120
     assert "backfill.cancelled" in err
     again = run_cli(db_url, "backfill", "--run", "stopme")  # finished: nothing without --restart
@@ -458,7 +458,7 @@ def test_documents_are_stored_with_the_columns_own_compression(
     seed(engine, tmp_path, count=8)
     backfill(engine, config)
     setting = raw.execute("SELECT attcompression FROM pg_attribute WHERE attrelid = "
-                          "'conversations'::regclass AND attname = 'enriched_json'").fetchone()
+                          "'conversations'::regclass AND attname = 'enriched_json'").fetchall()[0]
     expected = {"l": "lz4", "p": "pglz"}[setting[0]]
     stored = raw.execute("SELECT DISTINCT pg_column_compression(enriched_json) "
                          "FROM conversations").fetchall()

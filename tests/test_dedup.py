@@ -155,7 +155,10 @@ def test_planted_copies_are_the_exact_ground_truth(planted: Planted, db_url: str
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     expected = truth(planted.records)
-    ids = lambda *records: frozenset(r["conversation_id"] for r in records)  # noqa: E731
+
+    def ids(*records: dict[str, Any]) -> frozenset[str]:
+        return frozenset(r["conversation_id"] for r in records)
+
     assert expected == {ids(base[0], planted.exact), ids(base[1], planted.near),
                         ids(base[2], *planted.chain), ids(base[5], planted.tie)}
     assert stored_clusters(raw) == expected

@@ -257,8 +257,7 @@ def test_follow_picks_up_a_recorded_review(follows: Any, db_url: str, engine: En
         SELECT c.conversation_id, p.pair FROM conversations c,
                jsonb_array_elements(c.enriched_json -> 'training_pairs') p(pair)
         WHERE jsonb_typeof(p.pair -> 'target_response') = 'string'
-        ORDER BY 1 LIMIT 1""").fetchone() or (None, None)
-    assert cid is not None
+        ORDER BY 1 LIMIT 1""").fetchall()[0]
     raw.execute("DELETE FROM enrichment_queue")
     follow = follows("--poll-interval", NO_POLL)
     follow.wait_started()

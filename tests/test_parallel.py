@@ -57,7 +57,7 @@ def test_killed_workers_claim_is_taken_over(engine: Engine, db_url: str, tmp_pat
                                            raw: psycopg.Connection[Any]) -> None:
     seed(engine, tmp_path, count=80)
     engine.dispose()
-    first_id = raw.execute("SELECT min(conversation_id::text) FROM conversations").fetchone()[0]
+    first_id = raw.execute("SELECT min(conversation_id::text) FROM conversations").fetchall()[0][0]
     with psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql")) as lock:
         # Freeze whoever takes slice 0 in the middle of its first page, then kill the run.
         lock.execute("SELECT 1 FROM conversations WHERE conversation_id = %s FOR UPDATE",
@@ -72,9 +72,9 @@ def test_killed_workers_claim_is_taken_over(engine: Engine, db_url: str, tmp_pat
         lock.rollback()
     _wait_for(lambda: raw.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
                                   "current_database() AND application_name = 'reenrich'"
-                                  ).fetchone()[0] == 0)
+                                  ).fetchall()[0][0] == 0)
     before = raw.execute("SELECT count(*) FROM backfill_slices WHERE status <> 'done'"
-                         ).fetchone()[0]
+                         ).fetchall()[0][0]
     assert before >= 1
     resumed = run_cli(db_url, "backfill", "--run", "takeover")
     assert resumed.returncode == 0, resumed.stderr
