@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-# The newest migration's revision (tests/test_migrations.py checks it).
+# The newest migration's revision (tests/integration/test_migrations.py checks it).
 SCHEMA_HEAD = "0009"
 
 _DROP_TABLE = re.compile(r"\bDROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?([\w.]+)", re.IGNORECASE)

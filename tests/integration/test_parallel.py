@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from tests.conftest import ROOT, cli_env, run_cli
 from tests.helpers import seed
-from tests.test_backfill import _blocked_backends, _wait_for
+from tests.integration.test_backfill import _blocked_backends, _wait_for
 from worker.db import checkpoints
 from worker.db.checkpoints import LeaseLost, PageCounts
 from worker.db.repository import Filters

@@ -316,7 +316,7 @@ def test_version_one_rows_are_re_enriched(engine: Engine, tmp_path: Path,
 def test_uuid7_conversations_get_unique_pair_ids(engine: Engine, db_url: str,
                                                  tmp_path: Path, config: EnrichmentConfig
                                                  ) -> None:
-    from tests.test_enrich import uuid7
+    from tests.unit.test_enrich import uuid7
 
     start = 1_764_500_000_000 // 65536 * 65536
     records = list(synthetic.conversation_records(5, seed=3, bare_share=0, legacy_share=0))

@@ -1,0 +1,1 @@
+"""The reenrich command as a user runs it: a subprocess."""
