@@ -9,9 +9,7 @@ resumes exactly after the last committed page.
 
 from __future__ import annotations
 
-import os
 import queue
-import socket
 import subprocess
 import sys
 import threading
@@ -38,7 +36,7 @@ from worker.errors import (
     ReenrichError,
 )
 from worker.jobs import writes as batch
-from worker.jobs.follow import backoff_seconds, is_connection_error
+from worker.jobs.follow import backoff_seconds, is_connection_error, worker_id
 from worker.jobs.pacing import Pacer
 from worker.jobs.progress import Progress
 from worker.jobs.run_state import FINISHED, RunStatus
@@ -102,8 +100,8 @@ def new_run_name() -> str:
     return "backfill-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
 
 
-def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+# A backfill process is named like a follow worker: host, pid, a random tag.
+owner_id = worker_id
 
 
 # ---------------------------------------------------------------- reading

@@ -197,12 +197,17 @@ class Follower:
         """Work until nothing is left, in every lane: queue marks, new rows, edits."""
         errors: list[BaseException] = []
         done: list[int] = []
-        lanes = [threading.Thread(target=self._lane, args=(errors, done), daemon=True,
-                                  name=f"follow-lane-{i}")
-                 for i in range(1, max(1, self.options.lanes))]
-        for lane in lanes:
-            lane.start()
-        rows = self._drain_lane(conn)
+        lanes: list[threading.Thread] = []
+
+        def start_lanes() -> None:
+            # Only for a burst (a full batch): one new row needs no thread or connection.
+            lanes.extend(threading.Thread(target=self._lane, args=(errors, done), daemon=True,
+                                          name=f"follow-lane-{i}")
+                         for i in range(1, max(1, self.options.lanes)))
+            for lane in lanes:
+                lane.start()
+
+        rows = self._drain_lane(conn, on_burst=start_lanes)
         for lane in lanes:
             lane.join()
         rows += sum(done)
@@ -222,7 +227,8 @@ class Follower:
         except Exception as exc:
             errors.append(exc)
 
-    def _drain_lane(self, conn: Connection) -> int:
+    def _drain_lane(self, conn: Connection,
+                    on_burst: Callable[[], None] | None = None) -> int:
         rows = 0
         while not self.stop.is_set():
             try:
@@ -242,6 +248,9 @@ class Follower:
             if not done:
                 break
             rows += done
+            if on_burst is not None and done >= self.options.batch_size:
+                on_burst()
+                on_burst = None
         return rows
 
     def _marked(self, conn: Connection) -> int:
