@@ -273,20 +273,29 @@ def test_filters_limit_the_run(engine: Engine, tmp_path: Path, config: Enrichmen
     assert raw.execute("SELECT total FROM backfill_runs").fetchone() == (expected,)
 
 
-def test_one_query_reads_each_page(engine: Engine, tmp_path: Path,
-                                   config: EnrichmentConfig) -> None:
+def test_one_query_reads_each_page(engine: Engine, tmp_path: Path, config: EnrichmentConfig,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
     seed(engine, tmp_path, count=30)
     reads: list[str] = []
+    page_reads: list[str] = []
 
     @event.listens_for(engine, "before_cursor_execute")
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if "FROM conversations" in statement and statement.lstrip().startswith("SELECT"):
             reads.append(statement)
 
+    # The page read runs on the driver (binary results), beside SQLAlchemy's
+    # events: record it where it is sent, and still send it.
+    send = repository._read
+
+    def read(conn: Any, sql: str, params: dict[str, Any]) -> Any:
+        page_reads.append(sql)
+        return send(conn, sql, params)
+
+    monkeypatch.setattr(repository, "_read", read)
     backfill(engine, config, batch_size=7)
-    page_reads = [s for s in reads if "LIMIT" in s]
-    assert len(page_reads) == 5  # 30 rows / 7 per page = 4 full pages + the short last one
-    assert not any("personas" in s and "LIMIT" not in s and "count(" not in s for s in reads)
+    assert page_reads == [repository.PAGE_SQL] * 5  # 4 full pages of 7 + the short last one
+    assert not any("personas" in s and "count(" not in s for s in reads)
 
 
 # ----------------------------------------------- processes: kill and refuse

@@ -13,8 +13,8 @@ from sqlalchemy import Engine
 from tests.generated import wait_until
 from tests.helpers import seed
 from worker.config import EnrichmentConfig
-from worker.db.repository import StoredRow
 from worker.enrichment.processing import PageOutcome, Processor
+from worker.enrichment.rows import StoredRow
 from worker.jobs.backfill import BackfillOptions, run_backfill
 from worker.jobs.follow import Follower, FollowOptions
 

@@ -20,8 +20,9 @@ from tests.conftest import ROOT, cli_env, run_cli
 from tests.helpers import seed
 from tests.integration.test_backfill import _blocked_backends, _wait_for
 from worker.db import checkpoints
-from worker.db.checkpoints import LeaseLost, PageCounts
+from worker.db.checkpoints import LeaseLost
 from worker.db.repository import Filters
+from worker.enrichment.rows import PageCounts
 from worker.jobs.backfill import slice_bounds
 
 

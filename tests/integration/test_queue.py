@@ -16,8 +16,8 @@ from worker import enrich_conversations, synthetic
 from worker.config import EnrichmentConfig
 from worker.db import queue
 from worker.db.engine import libpq_url
-from worker.db.repository import StoredRow
 from worker.enrichment.processing import PageOutcome, Processor
+from worker.enrichment.rows import StoredRow
 from worker.jobs.follow import Follower, FollowOptions
 from worker.jobs.writes import enrich_batch
 

@@ -29,10 +29,11 @@ from worker.api import EnrichResult, enrich_conversations
 from worker.config import EnrichmentConfig
 from worker.db import checkpoints, queue
 from worker.db.engine import libpq_url, make_engine
-from worker.db.repository import Filters, Limits, StoredRow
+from worker.db.repository import Filters, Limits
 from worker.enrichment.enrich import enrich
 from worker.enrichment.models import ConversationInputs
 from worker.enrichment.processing import PageOutcome, Processor, estimate_document_bytes
+from worker.enrichment.rows import StoredRow
 from worker.jobs.backfill import (
     BackfillOptions,
     DatabaseGone,

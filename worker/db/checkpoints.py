@@ -19,6 +19,7 @@ import orjson
 from sqlalchemy import Connection, text
 
 from worker.db.repository import Filters
+from worker.enrichment.rows import PageCounts
 from worker.jobs.run_state import FINISHED, RESUMABLE, RunStatus, allowed_from
 
 
@@ -52,15 +53,6 @@ class Slice:
     lower_bound: uuid.UUID | None
     upper_bound: uuid.UUID | None
     cursor: uuid.UUID | None
-
-
-@dataclass(frozen=True, slots=True)
-class PageCounts:
-    processed: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    failed: int = 0
-    deferred: int = 0  # not written now (inputs changed meanwhile, or a lock held): later
 
 
 def _run(row: Any) -> Run:

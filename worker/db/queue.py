@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from worker.db.checkpoints import PageCounts
+from worker.enrichment.rows import PageCounts
 
 # The channel the triggers NOTIFY (migration 0003 writes the same name).
 CHANNEL = "reenrich_queue"

@@ -24,10 +24,9 @@ from typing import Any
 import orjson
 
 from worker.config import EnrichmentConfig
-from worker.db.checkpoints import PageCounts
-from worker.db.repository import Changed, Failed, RawJsonb, StoredRow
 from worker.enrichment.enrich import ENRICHMENT_VERSION, InvalidDocument, enrich
 from worker.enrichment.models import ConversationInputs
+from worker.enrichment.rows import Changed, Failed, PageCounts, RawJsonb, StoredRow
 from worker.enrichment.validation import ENRICHMENT_ERROR
 
 
@@ -122,8 +121,8 @@ class Processor:
             [ENRICHMENT_VERSION, config.consultant_profile, config.default_system_prompt,
              config.dataset_constants], option=orjson.OPT_SORT_KEYS)).digest()
 
-    def input_hash(self, parsed_text: str, inputs: ConversationInputs) -> str:
-        """Hash of what a document is built from; `inputs.parsed` is not read (text is)."""
+    def input_hash(self, parsed_json: bytes, inputs: ConversationInputs) -> str:
+        """Hash of what a document is built from; `inputs.parsed` is not read (its JSON is)."""
         digest = hashlib.sha256(self._fingerprint)
         digest.update(orjson.dumps([
             str(inputs.conversation_id), inputs.created_at.isoformat(), inputs.quality_score,
@@ -132,7 +131,7 @@ class Processor:
             # the current reviews: a recorded review changes exactly its conversation's hash
             [_ref(review) for review in inputs.reviews],
         ], option=orjson.OPT_SORT_KEYS))
-        digest.update(parsed_text.encode())
+        digest.update(parsed_json)
         return digest.hexdigest()
 
     def process(self, rows: list[StoredRow]) -> PageOutcome:
@@ -147,7 +146,7 @@ class Processor:
         cid = row.conversation_id
         if row.marks is not None:
             out.marks[cid] = row.marks
-        input_hash = self.input_hash(row.inputs_text, row.fields)
+        input_hash = self.input_hash(row.inputs_json, row.fields)
         if row.status == "enriched" and row.input_hash == input_hash:
             out.results.append(RowResult(cid, UNCHANGED))
             return

@@ -1,8 +1,9 @@
 """The backfill loop: claim a slice, page through it, enrich, commit page + checkpoint.
 
-Reading and enriching the next page overlaps writing the current one (a
-reader thread with its own connection, a queue of one page), so
-Python's work hides behind the server's. Each page's writes, its cursor and
+Reading the page after next, enriching the next one and writing the current
+one overlap (a fetch thread with its own connection, an enrich thread, a
+queue of one page between stages), so Python's work hides behind the
+server's and the server's reads behind its writes. Each page's writes, its cursor and
 its counts commit in one transaction: a process killed at any instant
 resumes exactly after the last committed page.
 """
@@ -15,9 +16,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 import structlog
 from sqlalchemy import Connection, Engine
@@ -26,6 +28,7 @@ from worker.db import checkpoints, repository
 from worker.db.checkpoints import LeaseLost, Run, Slice
 from worker.db.repository import Filters, Limits
 from worker.enrichment.processing import FAILED, PageOutcome, Processor
+from worker.enrichment.rows import StoredRow
 from worker.errors import (
     EXIT_CANCELLED,
     EXIT_INTERRUPTED,
@@ -42,6 +45,7 @@ from worker.jobs.progress import Progress
 from worker.jobs.run_state import FINISHED, RunStatus
 
 log = structlog.get_logger("reenrich.backfill")
+T = TypeVar("T")
 
 SLICES_PER_WORKER = 4
 UUID_SPACE = 1 << 128
@@ -108,59 +112,95 @@ owner_id = worker_id
 
 
 @dataclass
-class _Page:
-    outcome: PageOutcome
-    rows: int
+class _Fetched:
+    rows: list[StoredRow]
     end: bool  # the slice has no rows after this page
     read_seconds: float
 
 
-class _Reader(threading.Thread):
-    """Reads and enriches pages ahead of the writer, on its own connection."""
+@dataclass
+class _Page:
+    outcome: PageOutcome
+    rows: int
+    end: bool
+    read_seconds: float  # reading and enriching it
 
-    def __init__(self, engine: Engine, processor: Processor, sl: Slice, filters: Filters,
-                 pacer: Pacer, stop: threading.Event) -> None:
-        super().__init__(name=f"reader-{sl.slice_no}", daemon=True)
-        self.engine, self.processor, self.slice = engine, processor, sl
-        self.filters, self.pacer, self.stop = filters, pacer, stop
-        self.pages: queue.Queue[_Page | BaseException] = queue.Queue(maxsize=1)
-        self.halt = threading.Event()
+
+class _Halted(Exception):
+    """The consumer stopped the pipeline; the producer thread ends quietly."""
+
+
+class _Ahead(threading.Thread, Generic[T]):
+    """Runs a producer in its own thread, one item ahead of its consumer.
+
+    Two of these make the backfill's pipeline: one reads pages (waiting on the
+    server), one enriches them (Python), while the caller writes: each stage
+    hides behind the slowest one.
+    """
+
+    def __init__(self, name: str, produce: Callable[[], Iterator[T]],
+                 halt: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self.produce, self.halt = produce, halt
+        self.items: queue.Queue[T | BaseException] = queue.Queue(maxsize=1)
 
     def run(self) -> None:
         try:
-            for page in self._pages():
-                while not self.halt.is_set():
-                    try:
-                        self.pages.put(page, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if self.halt.is_set() or page.end:
+            for item in self.produce():
+                if not self._put(item):
                     return
-        except BaseException as exc:  # handed to the writer, which raises it
-            self.pages.put(exc)
+        except _Halted:
+            return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(exc)
 
-    def _pages(self) -> Iterator[_Page]:
-        after = self.slice.cursor or self.slice.lower_bound
-        with self.engine.connect() as conn:
-            while True:
-                started = time.monotonic()
-                size = self.pacer.next_size()
-                rows = repository.read_page(conn, after=after, upper=self.slice.upper_bound,
-                                            filters=self.filters, limit=size)
-                conn.rollback()  # end the read transaction: no snapshot held between pages
-                outcome = self.processor.process(rows)
-                end = len(rows) < size
-                yield _Page(outcome, len(rows), end, time.monotonic() - started)
-                if end:
-                    return
-                after = outcome.last_id
+    def _put(self, item: T | BaseException) -> bool:
+        while not self.halt.is_set():
+            try:
+                self.items.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-    def next_page(self) -> _Page:
-        item = self.pages.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
+    def get(self) -> T:
+        while True:
+            try:
+                item = self.items.get(timeout=0.2)
+            except queue.Empty:
+                if self.halt.is_set():
+                    raise _Halted() from None
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+
+def _fetch(engine: Engine, sl: Slice, filters: Filters, pacer: Pacer) -> Iterator[_Fetched]:
+    after = sl.cursor or sl.lower_bound
+    with engine.connect() as conn:
+        while True:
+            started = time.monotonic()
+            size = pacer.next_size()
+            rows = repository.read_page(conn, after=after, upper=sl.upper_bound,
+                                        filters=filters, limit=size)
+            conn.rollback()  # end the read transaction: no snapshot held between pages
+            end = len(rows) < size
+            yield _Fetched(rows, end, time.monotonic() - started)
+            if end:
+                return
+            after = rows[-1].conversation_id
+
+
+def _enrich(fetcher: _Ahead[_Fetched], processor: Processor) -> Iterator[_Page]:
+    while True:
+        fetched = fetcher.get()
+        started = time.monotonic()
+        outcome = processor.process(fetched.rows)
+        yield _Page(outcome, len(fetched.rows), fetched.end,
+                    fetched.read_seconds + time.monotonic() - started)
+        if fetched.end:
+            return
 
 
 # ---------------------------------------------------------------- writing
@@ -182,15 +222,18 @@ class _SliceWorker:
 
     def process(self, sl: Slice) -> bool:
         """Work one slice to its end; False if stopped before the end."""
-        reader = _Reader(self.engine, self.processor, sl, self.run.filters, self.pacer,
-                         self.stop)
+        halt = threading.Event()
+        fetcher = _Ahead(f"fetch-{sl.slice_no}",
+                         lambda: _fetch(self.engine, sl, self.run.filters, self.pacer), halt)
+        reader = _Ahead(f"reader-{sl.slice_no}", lambda: _enrich(fetcher, self.processor), halt)
+        fetcher.start()
         reader.start()
         last_commit = time.monotonic()
         try:
             while True:
                 if self.stop.is_set() or self._page_budget_spent():
                     return False
-                page = reader.next_page()
+                page = reader.get()
                 committed, status = self._commit(sl, page)
                 sl = replace(sl, cursor=page.outcome.last_id or sl.cursor)
                 now = time.monotonic()
@@ -207,8 +250,9 @@ class _SliceWorker:
                 if pause > 0 and self.stop.wait(pause):
                     return False
         finally:
-            reader.halt.set()
+            halt.set()
             reader.join(timeout=30)
+            fetcher.join(timeout=30)
 
     def _commit(self, sl: Slice, page: _Page) -> tuple[batch.Committed, RunStatus]:
         """The page's writes and its checkpoint, in one transaction."""

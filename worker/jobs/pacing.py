@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 
 MIN_BATCH = 20
-# Memory: about three pages are alive at once (being read, queued, being
-# written), each holding its enriched documents (~50 kB a conversation).
+# Memory: about five pages are alive at once (being read, queued, being
+# enriched, queued, being written); only the last two hold enriched documents
+# (~50 kB a conversation).
 MAX_BATCH = 500
 DEFAULT_BATCH = 500
 

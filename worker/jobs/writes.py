@@ -35,8 +35,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from worker.db import queue, repository
-from worker.db.checkpoints import PageCounts
-from worker.db.repository import Failed, Limits, RawJsonb
+from worker.db.repository import Limits
 from worker.enrichment.processing import (
     DEFERRED,
     FAILED,
@@ -45,6 +44,7 @@ from worker.enrichment.processing import (
     Processor,
     RowResult,
 )
+from worker.enrichment.rows import Failed, PageCounts, RawJsonb
 
 log = structlog.get_logger("reenrich.write")
 
