@@ -267,28 +267,17 @@ def _review_fields(review: PairReview | None, clean: _Cleaner, index: int) -> di
             "review_status": review.status}
 
 
-def enrich(inputs: ConversationInputs, config: EnrichmentConfig) -> EnrichmentResult:
-    """Build the enriched document, or raise InvalidDocument on a blocking error."""
-    report = validate_parsed(inputs.parsed)
-    if not report.ok:
-        raise InvalidDocument(report)
-    parsed: dict[str, Any] = inputs.parsed
-    meta = parsed["conversation_metadata"]
-    clean = _Cleaner()
-    turns = _clean_turns(parsed["turns"], clean)
-
-    persona, arc, topic, template = inputs.persona, inputs.arc, inputs.topic, inputs.template
-    raw_params = _input_parameters(inputs, parsed)
-    params = clean.tree(raw_params, "input_parameters") if raw_params is not None else None
-    scaffold = params or dict.fromkeys(INPUT_PARAMETER_KEYS)
-
+def _pair_metadata(inputs: ConversationInputs, meta: dict[str, Any], scaffold: dict[str, Any],
+                   clean: _Cleaner) -> dict[str, Any]:
+    """The conversation_metadata every pair carries (one dict, shared by all pairs)."""
+    persona = inputs.persona
     if persona is not None:
         client_persona = clean.text(f"{persona.name} - {persona.archetype}", "persona")
     else:
         client_persona = clean.text(meta["client_persona"], "conversation_metadata.client_persona")
     background = clean.text(client_background(persona, client_persona), "persona.background")
-    expected = meta.get("expected_outcome")
-    pair_meta = {
+    expected: Any = meta.get("expected_outcome")
+    return {
         "client_persona": client_persona,
         "persona_archetype": scaffold["persona_key"],
         "client_background": background,
@@ -304,30 +293,52 @@ def enrich(inputs: ConversationInputs, config: EnrichmentConfig) -> EnrichmentRe
                              if not is_blank(expected) else DEFAULT_EXPECTED_OUTCOME),
     }
 
-    if inputs.system_prompt is not None:
-        system_prompt = clean.text(inputs.system_prompt, "system_prompt")
-    else:
-        system_prompt = clean.text(config.default_system_prompt, "system_prompt")
 
-    score = inputs.quality_score if inputs.quality_score is not None else DEFAULT_QUALITY_SCORE
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What every pair of one conversation has in common besides its metadata."""
+
+    id_prefix: str
+    conversation_id: str
+    system_prompt: str
+    complexity: str
+    objective: str
+    skills: list[Any]
+    progression: str
+    quality_score: int
+    criteria: dict[str, float]
+
+
+def _shared(inputs: ConversationInputs, config: EnrichmentConfig, scaffold: dict[str, Any],
+            score: float, clean: _Cleaner) -> _Shared:
+    topic, arc, template = inputs.topic, inputs.arc, inputs.template
+    complexity = topic.complexity_level if topic else None
+    prompt = inputs.system_prompt if inputs.system_prompt is not None \
+        else config.default_system_prompt
     criterion = float(round_half_up(score, 1))
-    criteria = {"empathy_score": criterion, "clarity_score": criterion,
-                "appropriateness_score": criterion, "brand_voice_alignment": criterion}
-    complexity = (topic.complexity_level if topic and not is_blank(topic.complexity_level)
-                  else DEFAULT_COMPLEXITY)
-    objective = scaffold["training_topic_key"] or scaffold["training_topic_name"] \
-        or DEFAULT_LEARNING_OBJECTIVE
     techniques = list(arc.response_techniques) if arc and arc.response_techniques else []
-    skills = clean.tree(techniques, "arc.response_techniques") or list(DEFAULT_SKILLS)
-    progression = (clean.text(f"{arc.starting_emotion}(0.8) → {arc.ending_emotion}(0.8)", "arc")
-                   if arc else "")
     category = template.category if template else None
-    prefix = clean.text(category, "template.category") \
-        if isinstance(category, str) and category.strip() else "fp_conversation"
-    conversation_id = str(inputs.conversation_id)
-    reviews = {review.turn_number: review for review in inputs.reviews}
-    rounded_score = int(round_half_up(score))
+    return _Shared(
+        id_prefix=(clean.text(category, "template.category")
+                   if isinstance(category, str) and category.strip() else "fp_conversation"),
+        conversation_id=str(inputs.conversation_id),
+        system_prompt=clean.text(prompt, "system_prompt"),
+        complexity=(complexity if complexity is not None and not is_blank(complexity)
+                    else DEFAULT_COMPLEXITY),
+        objective=(scaffold["training_topic_key"] or scaffold["training_topic_name"]
+                   or DEFAULT_LEARNING_OBJECTIVE),
+        skills=clean.tree(techniques, "arc.response_techniques") or list(DEFAULT_SKILLS),
+        progression=(clean.text(f"{arc.starting_emotion}(0.8) → {arc.ending_emotion}(0.8)",
+                                "arc") if arc else ""),
+        quality_score=int(round_half_up(score)),
+        criteria={"empathy_score": criterion, "clarity_score": criterion,
+                  "appropriateness_score": criterion, "brand_voice_alignment": criterion},
+    )
 
+
+def _pairs(turns: list[dict[str, Any]], pair_meta: dict[str, Any], shared: _Shared,
+           reviews: dict[int, PairReview], clean: _Cleaner) -> list[dict[str, Any]]:
+    """One self-contained pair per turn, each with the turns before it as history."""
     pairs = []
     history: list[dict[str, Any]] = []
     last_user_input = ""
@@ -339,49 +350,74 @@ def enrich(inputs: ConversationInputs, config: EnrichmentConfig) -> EnrichmentRe
         review = None if is_user or not reviews else \
             _current_review(reviews, number, last_user_input, turn["content"])
         pairs.append({
-            "id": f"{prefix}_turn{number}_{conversation_id}",
-            "conversation_id": conversation_id,
+            "id": f"{shared.id_prefix}_turn{number}_{shared.conversation_id}",
+            "conversation_id": shared.conversation_id,
             "turn_number": number,
             "conversation_metadata": pair_meta,
-            "system_prompt": system_prompt,
+            "system_prompt": shared.system_prompt,
             "conversation_history": list(history),
             "current_user_input": last_user_input,
             "emotional_context": _detected_emotions(turn),
             "target_response": None if is_user else turn["content"],
             "training_metadata": {
-                "difficulty_level": f"{complexity}_conversation_turn_{number}",
-                "key_learning_objective": objective,
-                "demonstrates_skills": skills,
+                "difficulty_level": f"{shared.complexity}_conversation_turn_{number}",
+                "key_learning_objective": shared.objective,
+                "demonstrates_skills": shared.skills,
                 "conversation_turn": number,
-                "emotional_progression_target": progression,
-                "quality_score": rounded_score,
-                "quality_criteria": criteria,
+                "emotional_progression_target": shared.progression,
+                "quality_score": shared.quality_score,
+                "quality_criteria": shared.criteria,
                 **_review_fields(review, clean, index),
             },
         })
         history.append(_history_entry(turn))
+    return pairs
 
+
+def _dataset_metadata(inputs: ConversationInputs, config: EnrichmentConfig, score: float,
+                      total_turns: int, clean: _Cleaner) -> dict[str, Any]:
     created = inputs.created_at
     created_utc = created.astimezone(UTC) if created.tzinfo else created.replace(tzinfo=UTC)
     constants = config.dataset_constants
+    template = inputs.template
+    return {
+        "dataset_name": f"fp_conversation_{inputs.conversation_id}",
+        "version": DOCUMENT_VERSION,
+        "created_date": created_utc.date().isoformat(),
+        "vertical": constants.get("vertical"),
+        "consultant_persona": constants.get("consultant_persona"),
+        "target_use": constants.get("target_use"),
+        "conversation_source": constants.get("conversation_source"),
+        "quality_tier": quality_tier(score),
+        "total_conversations": 1,
+        "total_turns": total_turns,
+        "notes": "Generated via template: "
+                 + (clean.text(template.name, "template.name") if template else "unknown"),
+    }
+
+
+def enrich(inputs: ConversationInputs, config: EnrichmentConfig) -> EnrichmentResult:
+    """Build the enriched document, or raise InvalidDocument on a blocking error."""
+    report = validate_parsed(inputs.parsed)
+    if not report.ok:
+        raise InvalidDocument(report)
+    parsed: dict[str, Any] = inputs.parsed
+    clean = _Cleaner()
+    turns = _clean_turns(parsed["turns"], clean)
+    raw_params = _input_parameters(inputs, parsed)
+    params = clean.tree(raw_params, "input_parameters") if raw_params is not None else None
+    scaffold = params or dict.fromkeys(INPUT_PARAMETER_KEYS)
+    score = inputs.quality_score if inputs.quality_score is not None else DEFAULT_QUALITY_SCORE
+    # Built in the order the old single function cleaned them: the warning
+    # names paths as a sorted set, so order only matters for readability.
+    pair_meta = _pair_metadata(inputs, parsed["conversation_metadata"], scaffold, clean)
+    shared = _shared(inputs, config, scaffold, score, clean)
+    reviews = {review.turn_number: review for review in inputs.reviews}
     document = {
         "input_parameters": params,
-        "dataset_metadata": {
-            "dataset_name": f"fp_conversation_{conversation_id}",
-            "version": DOCUMENT_VERSION,
-            "created_date": created_utc.date().isoformat(),
-            "vertical": constants.get("vertical"),
-            "consultant_persona": constants.get("consultant_persona"),
-            "target_use": constants.get("target_use"),
-            "conversation_source": constants.get("conversation_source"),
-            "quality_tier": quality_tier(score),
-            "total_conversations": 1,
-            "total_turns": len(turns),
-            "notes": "Generated via template: "
-                     + (clean.text(template.name, "template.name") if template else "unknown"),
-        },
+        "dataset_metadata": _dataset_metadata(inputs, config, score, len(turns), clean),
         "consultant_profile": _clean_profile(config.consultant_profile, clean),
-        "training_pairs": pairs,
+        "training_pairs": _pairs(turns, pair_meta, shared, reviews, clean),
     }
     if clean.paths:
         report.warnings.append(Issue(
