@@ -25,6 +25,8 @@ import structlog
 
 _SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
+    # Which logger spoke (reenrich.backfill, sqlalchemy.engine, ...), on every line.
+    structlog.stdlib.add_logger_name,
     structlog.processors.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
 ]

@@ -407,6 +407,10 @@ def test_status_failures_show_json(engine: Engine, db_url: str, tmp_path: Path,
     logs = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert all(entry.get("run") == "seen" for entry in logs if
                entry["event"].startswith("backfill."))
+    # Every line names its logger, so reenrich's lines and a library's are told apart.
+    assert all(entry.get("logger") for entry in logs)
+    assert {entry["logger"] for entry in logs if entry["event"] == "backfill.page"} == \
+        {"reenrich.backfill"}
     assert {"backfill.page", "backfill.row_failed", "backfill.finished",
             "backfill.scaffolding_added"} <= {entry["event"] for entry in logs}
     status = json.loads(run_cli(db_url, "status", "--json").stdout)

@@ -9,6 +9,8 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import Engine
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 from tests.generated import insert_generated, wait_until
 from tests.helpers import import_records, seed
@@ -205,3 +207,28 @@ def test_claims_skip_claimed_rows_until_the_lease_ends(
     with engine.begin() as conn:  # a's lease ran out (a crashed): c takes its rows over
         taken = queue.claim(conn, worker="c", limit=10, lease_seconds=60)
     assert {c.conversation_id for c in taken} == {c.conversation_id for c in first}
+
+
+def test_every_lane_logs_with_the_worker_id(engine: Engine, tmp_path: Path,
+                                           raw: psycopg.Connection[Any], db_url: str,
+                                           config: EnrichmentConfig) -> None:
+    seed(engine, tmp_path, count=0)
+    with raw.transaction():
+        insert_generated(raw, 80)
+    stop = threading.Event()
+    # A burst of full batches starts the second lane, a thread of its own.
+    follower = Follower(engine, db_url, Processor(config),
+                        FollowOptions(poll_interval=0.2, batch_size=5, lanes=2,
+                                      heartbeat_seconds=0.05), stop)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        thread = threading.Thread(target=follower.run, daemon=True)
+        thread.start()
+        wait_until(lambda: raw.execute("SELECT count(*) FROM conversations "
+                                       "WHERE enrichment_status = 'pending'").fetchone() == (0,),
+                   what="the burst to be drained")
+        stop.set()
+        thread.join(timeout=30)
+    batches = [e for e in logs if e["event"] == "follow.batch"]
+    assert sum(e["rows"] for e in batches) == 80
+    assert {e.get("worker") for e in logs if e["event"].startswith("follow.")} == \
+        {follower.worker}

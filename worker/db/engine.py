@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import random
 import re
 import stat
 import threading
@@ -24,7 +25,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from worker.config import ConfigError, Settings, running_as_root
 from worker.errors import DatabaseError
@@ -176,6 +177,33 @@ def is_connect_error(exc: BaseException) -> bool:
     return _SERVER_PREFIX.search(text) is not None or text.startswith(
         ("failed to resolve host", "connection failed", "connection is bad",
          "connection timeout expired"))
+
+
+# Reconnecting after the database went away (follow, backfill): capped
+# exponential backoff with jitter, so workers do not retry in step.
+FIRST_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when the database went away (retry after a reconnect), not a bad statement."""
+    import psycopg
+
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if exc.orig is not None else exc
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        # No SQLSTATE: libpq lost or could not open the connection. 08: connection
+        # exceptions; 57P: operator intervention (shutdown, terminated backend).
+        return state is None or state.startswith(("08", "57P"))
+    return isinstance(exc, psycopg.InterfaceError | OSError)
+
+
+def backoff_seconds(attempt: int) -> float:
+    delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2.0 ** (attempt - 1))
+    return round(delay * random.uniform(0.8, 1.0), 2)
 
 
 def database_error(exc: BaseException, url: str | URL | None,

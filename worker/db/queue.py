@@ -25,12 +25,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, text
 
 from worker.enrichment.rows import PageCounts
 
 # The channel the triggers NOTIFY (migration 0003 writes the same name).
 CHANNEL = "reenrich_queue"
+# The channel the triggers notify (migrations); LISTEN takes no parameter.
+LISTEN_SQL = "LISTEN reenrich_queue"
+
+
+def listen(listener: psycopg.Connection[Any]) -> None:
+    """Subscribe an autocommit connection to the queue's notifications."""
+    listener.execute(LISTEN_SQL)
 
 
 @dataclass(frozen=True, slots=True)

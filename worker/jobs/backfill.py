@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine
 
 from worker.db import checkpoints, repository
 from worker.db.checkpoints import LeaseLost, Run, Slice
+from worker.db.engine import backoff_seconds, is_connection_error
 from worker.db.repository import Filters, Limits
 from worker.enrichment.processing import FAILED, PageOutcome, Processor
 from worker.enrichment.rows import StoredRow
@@ -39,7 +40,7 @@ from worker.errors import (
     ReenrichError,
 )
 from worker.jobs import writes as batch
-from worker.jobs.follow import backoff_seconds, is_connection_error, worker_id
+from worker.jobs.follow import worker_id
 from worker.jobs.pacing import Pacer
 from worker.jobs.progress import Progress
 from worker.jobs.run_state import FINISHED, RunStatus
@@ -104,8 +105,6 @@ def new_run_name() -> str:
     return "backfill-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
 
 
-# A backfill process is named like a follow worker: host, pid, a random tag.
-owner_id = worker_id
 
 
 # ---------------------------------------------------------------- reading
@@ -357,7 +356,7 @@ def run_backfill(engine: Engine, processor: Processor, options: BackfillOptions,
                  stop: threading.Event) -> BackfillResult:
     if options.dry_run:
         return dry_run(engine, processor, options, stop)
-    owner = owner_id()
+    owner = worker_id()  # named like a follow worker: host, pid, a random tag
     with engine.connect() as conn:
         with conn.begin():
             run, finished = _resolve_run(conn, options, processor)

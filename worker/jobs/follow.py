@@ -15,8 +15,8 @@ SIGTERM/SIGINT finish the current batch, then the loop returns.
 
 from __future__ import annotations
 
+import contextvars
 import os
-import random
 import socket
 import statistics
 import threading
@@ -30,10 +30,9 @@ from typing import Any
 import psycopg
 import structlog
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 
 from worker.db import queue
-from worker.db.engine import connect_args, libpq_url
+from worker.db.engine import backoff_seconds, connect_args, is_connection_error, libpq_url
 from worker.db.repository import Limits
 from worker.enrichment.processing import Processor
 from worker.jobs.writes import BatchResult, enrich_batch, enrich_pending, log_row_failures
@@ -42,8 +41,6 @@ log = structlog.get_logger("reenrich.follow")
 
 DEFAULT_BATCH_SIZE = 200
 APPLICATION_NAME = "reenrich-follow"
-FIRST_BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 30.0
 WAIT_SLICE_SECONDS = 0.5  # how often a wait looks at the stop request
 
 
@@ -75,25 +72,6 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """True when the database went away (retry after a reconnect), not a bad statement."""
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        exc = exc.orig if exc.orig is not None else exc
-    if isinstance(exc, psycopg.OperationalError):
-        state = exc.sqlstate
-        # No SQLSTATE: libpq lost or could not open the connection. 08: connection
-        # exceptions; 57P: operator intervention (shutdown, terminated backend).
-        return state is None or state.startswith(("08", "57P"))
-    return isinstance(exc, psycopg.InterfaceError | OSError)
-
-
-def backoff_seconds(attempt: int) -> float:
-    delay = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2.0 ** (attempt - 1))
-    return round(delay * random.uniform(0.8, 1.0), 2)  # jitter: workers do not retry in step
-
-
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
@@ -116,31 +94,31 @@ class Follower:
     # ----------------------------------------------------------- the service
 
     def run(self) -> FollowTotals:
-        structlog.contextvars.bind_contextvars(worker=self.worker)
-        try:
-            attempt = 0
-            while not self.stop.is_set():
-                try:
-                    self._session()
-                except Exception as exc:
-                    if not is_connection_error(exc):
-                        raise
-                    # A session that had connected starts the count again.
-                    attempt = 1 if self.connected else attempt + 1
-                    self.totals.reconnects += 1
-                    delay = backoff_seconds(attempt)
-                    log.warning("follow.reconnecting", attempt=attempt, delay_seconds=delay,
-                                error=f"{type(exc).__name__}: {str(exc).strip()}")
-                    self.stop.wait(delay)
-            self._shutdown()
-            return self.totals
-        finally:
-            structlog.contextvars.unbind_contextvars("worker")
+        with structlog.contextvars.bound_contextvars(worker=self.worker):
+            return self._run()
+
+    def _run(self) -> FollowTotals:
+        attempt = 0
+        while not self.stop.is_set():
+            try:
+                self._session()
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                # A session that had connected starts the count again.
+                attempt = 1 if self.connected else attempt + 1
+                self.totals.reconnects += 1
+                delay = backoff_seconds(attempt)
+                log.warning("follow.reconnecting", attempt=attempt, delay_seconds=delay,
+                            error=f"{type(exc).__name__}: {str(exc).strip()}")
+                self.stop.wait(delay)
+        self._shutdown()
+        return self.totals
 
     def _listen(self) -> psycopg.Connection[Any]:
         listener = psycopg.connect(libpq_url(self.url), autocommit=True, connect_timeout=10,
                                    **connect_args(self.url, APPLICATION_NAME))
-        listener.execute(f"LISTEN {queue.CHANNEL}")
+        queue.listen(listener)
         return listener
 
     def _session(self) -> None:
@@ -201,7 +179,10 @@ class Follower:
 
         def start_lanes() -> None:
             # Only for a burst (a full batch): one new row needs no thread or connection.
-            lanes.extend(threading.Thread(target=self._lane, args=(errors, done), daemon=True,
+            # A thread starts with an empty context: each lane runs in a copy of
+            # this one, so its log lines carry the worker id too.
+            lanes.extend(threading.Thread(target=contextvars.copy_context().run,
+                                          args=(self._lane, errors, done), daemon=True,
                                           name=f"follow-lane-{i}")
                          for i in range(1, max(1, self.options.lanes)))
             for lane in lanes:
@@ -342,21 +323,24 @@ class Follower:
                  mark_to_write_ms_max=_ms(latencies[-1]) if latencies else None)
 
     def _heartbeat_if_due(self, conn: Connection) -> None:
-        now = time.monotonic()
-        if now < self.next_heartbeat or threading.current_thread().name.startswith("follow-lane"):
-            return
-        self.next_heartbeat = now + self.options.heartbeat_seconds
+        # Any lane may beat (on its own connection); the lock makes it one per period.
+        with self.lock:
+            now = time.monotonic()
+            if now < self.next_heartbeat:
+                return
+            self.next_heartbeat = now + self.options.heartbeat_seconds
+            t = self.totals
+            period = {"batches": t.batches, "batches_since_last": t.batches - self.last_batches,
+                      "rows_processed": t.processed, "rows_enriched": t.enriched,
+                      "mark_to_write_ms_p95": _ms(statistics.quantiles(t.latencies, n=20)[-1])
+                      if len(t.latencies) >= 2 else None}
+            self.last_batches = t.batches
+            t.latencies.clear()
         with conn.begin():
             queue.heartbeat(conn, worker=self.worker)
             stats = queue.queue_stats(conn)
-        t = self.totals
         log.info("follow.heartbeat", queue_depth=stats.depth, queue_claimed=stats.claimed,
-                 batches=t.batches, batches_since_last=t.batches - self.last_batches,
-                 rows_processed=t.processed, rows_enriched=t.enriched,
-                 mark_to_write_ms_p95=_ms(statistics.quantiles(t.latencies, n=20)[-1])
-                 if len(t.latencies) >= 2 else None)
-        self.last_batches = t.batches
-        t.latencies.clear()
+                 **period)
 
     def _shutdown(self) -> None:
         if not self.registered:
