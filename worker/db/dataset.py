@@ -23,11 +23,13 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from worker.enrichment.models import QualityTier
+
 STREAM_BATCH = 100  # documents per fetch (~50 kB each)
 SELECTION_BATCH = 5000
 
-QUALITY_TIERS = ("seed_dataset", "production", "experimental", "rejected")
-REJECTED_TIER = "rejected"
+QUALITY_TIERS = tuple(QualityTier)
+REJECTED_TIER = QualityTier.REJECTED
 DEFAULT_QUALITY_SCORE = 3.0  # the contract's score for a row without one
 
 

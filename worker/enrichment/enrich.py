@@ -16,7 +16,7 @@ from typing import Any
 
 from worker.config import EnrichmentConfig
 from worker.dataset.reviews import content_sha256
-from worker.enrichment.models import ConversationInputs, PairReview, Persona
+from worker.enrichment.models import ConversationInputs, PairReview, Persona, QualityTier
 from worker.enrichment.validation import (
     CONTROL_CHARACTERS_REMOVED,
     Issue,
@@ -79,14 +79,14 @@ def round_half_up(value: float, places: int = 0) -> Decimal:
     return Decimal(str(value)).quantize(exponent, rounding=ROUND_HALF_UP)
 
 
-def quality_tier(score: float) -> str:
+def quality_tier(score: float) -> QualityTier:
     if score >= 4.5:
-        return "seed_dataset"
+        return QualityTier.SEED_DATASET
     if score >= 3.5:
-        return "production"
+        return QualityTier.PRODUCTION
     if score >= 2.5:
-        return "experimental"
-    return "rejected"
+        return QualityTier.EXPERIMENTAL
+    return QualityTier.REJECTED
 
 
 @functools.lru_cache(maxsize=4096)

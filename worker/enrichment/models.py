@@ -10,43 +10,19 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-# ---------------------------------------------------------------- parsed input
 
+class QualityTier(StrEnum):
+    """A conversation's tier, from its quality score (dataset_metadata.quality_tier)."""
 
-class ParsedEmotionalContext(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    primary_emotion: str
-    secondary_emotion: str | None = None
-    intensity: float
-
-
-class ParsedTurn(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    turn_number: int | float
-    role: Literal["user", "assistant"]
-    content: str
-    emotional_context: ParsedEmotionalContext
-
-
-class ParsedMetadata(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    client_persona: str
-    session_context: str
-    conversation_phase: str
-    expected_outcome: str | None = None
-
-
-class ParsedDocument(BaseModel):
-    """What the generator stored in `conversations.parsed_json`."""
-
-    model_config = ConfigDict(extra="allow")
-    conversation_metadata: ParsedMetadata
-    turns: list[ParsedTurn]
-    input_parameters: dict[str, Any] | None = None
+    SEED_DATASET = "seed_dataset"
+    PRODUCTION = "production"
+    EXPERIMENTAL = "experimental"
+    REJECTED = "rejected"
 
 
 # ---------------------------------------------------------- scaffolding rows
@@ -143,7 +119,7 @@ class DatasetMetadata(_Strict):
     consultant_persona: str
     target_use: str
     conversation_source: str
-    quality_tier: Literal["seed_dataset", "production", "experimental", "rejected"]
+    quality_tier: QualityTier
     total_conversations: int
     total_turns: int
     notes: str
