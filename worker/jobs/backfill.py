@@ -29,7 +29,7 @@ from worker.db.checkpoints import LeaseLost, Run, Slice
 from worker.db.engine import backoff_seconds, is_connection_error
 from worker.db.repository import Filters, Limits
 from worker.enrichment.processing import FAILED, PageOutcome, Processor
-from worker.enrichment.rows import StoredRow
+from worker.enrichment.rows import PageCounts, StoredRow
 from worker.errors import (
     EXIT_CANCELLED,
     EXIT_INTERRUPTED,
@@ -91,6 +91,13 @@ class BackfillResult:
     failed: int = 0
     deferred: int = 0
     exit_code: int = EXIT_OK
+
+    def add(self, counts: PageCounts) -> None:
+        self.processed += counts.processed
+        self.updated += counts.updated
+        self.unchanged += counts.unchanged
+        self.failed += counts.failed
+        self.deferred += counts.deferred
 
 
 def slice_bounds(count: int) -> list[tuple[uuid.UUID | None, uuid.UUID | None]]:
@@ -175,14 +182,15 @@ class _Ahead(threading.Thread, Generic[T]):
             return item
 
 
-def _fetch(engine: Engine, sl: Slice, filters: Filters, pacer: Pacer) -> Iterator[_Fetched]:
-    after = sl.cursor or sl.lower_bound
+def _fetch(engine: Engine, after: uuid.UUID | None, upper: uuid.UUID | None, filters: Filters,
+           pacer: Pacer) -> Iterator[_Fetched]:
+    """Pages of the key range (after, upper], in key order."""
     with engine.connect() as conn:
         while True:
             started = time.monotonic()
             size = pacer.next_size()
-            rows = repository.read_page(conn, after=after, upper=sl.upper_bound,
-                                        filters=filters, limit=size)
+            rows = repository.read_page(conn, after=after, upper=upper, filters=filters,
+                                        limit=size)
             conn.rollback()  # end the read transaction: no snapshot held between pages
             end = len(rows) < size
             yield _Fetched(rows, end, time.monotonic() - started)
@@ -223,7 +231,8 @@ class _SliceWorker:
         """Work one slice to its end; False if stopped before the end."""
         halt = threading.Event()
         fetcher = _Ahead(f"fetch-{sl.slice_no}",
-                         lambda: _fetch(self.engine, sl, self.run.filters, self.pacer), halt)
+                         lambda: _fetch(self.engine, sl.cursor or sl.lower_bound, sl.upper_bound,
+                                        self.run.filters, self.pacer), halt)
         reader = _Ahead(f"reader-{sl.slice_no}", lambda: _enrich(fetcher, self.processor), halt)
         fetcher.start()
         reader.start()
@@ -278,12 +287,7 @@ class _SliceWorker:
     def _report(self, sl: Slice, page: _Page, committed: batch.Committed,
                 seconds: float) -> None:
         counts = committed.counts
-        t = self.totals
-        t.processed += counts.processed
-        t.updated += counts.updated
-        t.unchanged += counts.unchanged
-        t.failed += counts.failed
-        t.deferred += counts.deferred
+        self.totals.add(counts)
         self.progress.clear()
         batch.log_row_failures(committed, "backfill")
         if page.outcome.scaffolded:
@@ -564,26 +568,16 @@ def dry_run(engine: Engine, processor: Processor, options: BackfillOptions,
             stop: threading.Event) -> BackfillResult:
     """Compute everything, write nothing: what a real run would change."""
     result = BackfillResult(run_name="dry-run", status="dry_run")
-    size = options.batch_size or 500
-    after: uuid.UUID | None = None
-    with engine.connect() as conn:
-        while not stop.is_set():
-            rows = repository.read_page(conn, after=after, upper=None, filters=options.filters,
-                                        limit=size)
-            conn.rollback()
-            outcome = processor.process(rows)
-            failed = outcome.count(FAILED)
-            result.processed += len(rows)
-            result.updated += len(outcome.changed)
-            result.failed += failed
-            result.unchanged += len(rows) - len(outcome.changed) - failed
-            for row in outcome.results:
-                if row.outcome == FAILED:
-                    log.warning("backfill.row_would_fail", conversation_id=str(row.conversation_id),
-                                error_code=row.code, message=row.message)
-            if len(rows) < size:
-                break
-            after = outcome.last_id
+    pacer = Pacer(fixed_size=options.batch_size)
+    for fetched in _fetch(engine, None, None, options.filters, pacer):
+        outcome = processor.process(fetched.rows)
+        result.add(outcome.counts(written=len(outcome.changed)))
+        for row in outcome.results:
+            if row.outcome == FAILED:
+                log.warning("backfill.row_would_fail", conversation_id=str(row.conversation_id),
+                            error_code=row.code, message=row.message)
+        if stop.is_set():
+            break
     log.info("backfill.dry_run", processed=result.processed, would_update=result.updated,
              unchanged=result.unchanged, would_fail=result.failed)
     result.exit_code = EXIT_ROWS_FAILED if result.failed else EXIT_OK
