@@ -17,8 +17,9 @@ from tests.dataset_helpers import backfill, enriched, stored
 from tests.helpers import import_records
 from worker import synthetic
 from worker.config import EnrichmentConfig
-from worker.dataset.reviews import SHEET_COLUMNS, content_sha256
+from worker.dataset.reviews import SHEET_COLUMNS
 from worker.db import reviews as db_reviews
+from worker.enrichment.models import content_sha256
 from worker.enrichment.processing import Processor
 from worker.jobs.backfill import BackfillOptions, run_backfill
 

@@ -17,12 +17,13 @@ from worker.api import enrich_conversations
 from worker.config import EnrichmentConfig
 from worker.dataset.export import ExportError, ExportOptions, run_export
 from worker.dataset.review_rules import ReviewRules
-from worker.dataset.reviews import ReviewInput, ReviewStatus, content_sha256
+from worker.dataset.reviews import ReviewInput, ReviewStatus
 from worker.dataset.sampling import SamplingSpec
 from worker.dataset.stats import collect
 from worker.dataset.stats_html import render
 from worker.db import reviews as db_reviews
 from worker.db.dataset import DatasetFilters
+from worker.enrichment.models import content_sha256
 
 Key = tuple[str, int]
 

@@ -14,7 +14,6 @@ import pytest
 
 from tests.conftest import FIXTURES
 from worker.config import EnrichmentConfig
-from worker.dataset.reviews import content_sha256
 from worker.enrichment.contract import KEY_ORDER, in_contract_order
 from worker.enrichment.enrich import (
     InvalidDocument,
@@ -31,6 +30,7 @@ from worker.enrichment.models import (
     Persona,
     PromptTemplate,
     TrainingTopic,
+    content_sha256,
 )
 
 CID = uuid.UUID("3d4a31a7-9220-487a-9a27-50615968c3da")

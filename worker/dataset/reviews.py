@@ -1,4 +1,4 @@
-"""Human review of training pairs, the pure parts (`reviews.md`): hashes, sheets, filled rows.
+"""Human review of training pairs, the pure parts (`reviews.md`): sheets, filled rows.
 
 A review binds to the text the reviewer read through `content_sha256`, the
 SHA-256 (lower-case hex) of these bytes:
@@ -7,8 +7,8 @@ SHA-256 (lower-case hex) of these bytes:
 
 taken from the pair as it stands in the enriched document (after the
 contract's control-character removal, so the NUL separator cannot occur in
-either text). `worker/db/reviews.py` computes the same hash in SQL; a test
-keeps the two equal.
+either text). The contract defines it (`worker.enrichment.models.content_sha256`);
+`worker/db/reviews.py` computes the same hash in SQL; a test keeps the two equal.
 
 A review sheet is one row per assistant pair, CSV (by the `.csv` suffix:
 UTF-8 with a byte-order mark so spreadsheets detect the encoding, RFC 4180
@@ -19,7 +19,6 @@ back; the line reported for a bad row is the line its record starts on.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import re
 import uuid
@@ -69,12 +68,6 @@ _FALSE = {"false", "no", "n", "0", ""}
 
 class SheetError(ReenrichError):
     """A sheet cannot be written or read as a whole (the message says what to do)."""
-
-
-def content_sha256(current_user_input: str, target_response: str) -> str:
-    """The hash a review binds to (byte layout in the module docstring)."""
-    data = current_user_input.encode() + b"\x00" + target_response.encode()
-    return hashlib.sha256(data).hexdigest()
 
 
 def is_csv(path: Path) -> bool:

@@ -2,7 +2,7 @@
 
 The text a review is checked against is the pair as it stands in the stored
 enriched document. The SQL functions `review_content_sha256` and
-`review_is_stale` (migration 0006) are `worker.dataset.reviews.content_sha256` on
+`review_is_stale` (migration 0006) are `worker.enrichment.models.content_sha256` on
 the server (a test keeps the two equal), so staleness is decided there for
 any number of reviews.
 A pair is reviewable when it is an assistant pair (a string target_response)

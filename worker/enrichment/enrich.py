@@ -15,8 +15,13 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from worker.config import EnrichmentConfig
-from worker.dataset.reviews import content_sha256
-from worker.enrichment.models import ConversationInputs, PairReview, Persona, QualityTier
+from worker.enrichment.models import (
+    ConversationInputs,
+    PairReview,
+    Persona,
+    QualityTier,
+    content_sha256,
+)
 from worker.enrichment.validation import (
     CONTROL_CHARACTERS_REMOVED,
     Issue,

@@ -7,6 +7,7 @@ the printed order has a single source of truth.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,12 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+
+def content_sha256(current_user_input: str, target_response: str) -> str:
+    """The hash a review binds to: SHA-256 of UTF-8(input) + NUL + UTF-8(response)."""
+    data = current_user_input.encode() + b"\x00" + target_response.encode()
+    return hashlib.sha256(data).hexdigest()
 
 
 class QualityTier(StrEnum):
