@@ -402,7 +402,7 @@ def print_failures(engine: Engine, *, run: str | None, as_json: bool, include_re
 
 
 def show_documents(engine: Engine, ids: Sequence[uuid.UUID] | None, *,
-                   out: Callable[[str | bytes], None]) -> int:
+                   out: Callable[[bytes], None]) -> int:
     """Stored enriched documents as JSON Lines (orjson's bytes); exit 1 if an id has none."""
     from worker.db import repository
     from worker.enrichment.contract import dumps, in_contract_order
