@@ -2,17 +2,58 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
+from worker.cli.args import Subparsers, add_command
+from worker.cli.context import CommandError
+from worker.cli.output import Out, write
 
-from worker.dataset.versions import FileCheck, diff_members, locate, print_diff, verify_files
-from worker.db import versions as db_versions
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
-Out = Callable[[str], None]
+    from worker.cli.context import Context
+    from worker.db import versions as db_versions
+
+
+def register(commands: Subparsers) -> None:
+    p = add_command(commands, "datasets", cmd_datasets, "dataset versions: list them, or show "
+                    "NAME, diff A B, verify NAME [PATH...] (exit 1 if a file differs)")
+    p.add_argument("--json", action="store_true", help="one JSON value")
+    actions = p.add_subparsers(dest="datasets_command", metavar="ACTION")
+    show = actions.add_parser("show", help="one version: options, counts, files and SHA-256")
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--json", action="store_true", help="one JSON object")
+    diff = actions.add_parser("diff", help="conversations added, removed, moved, changed, "
+                              "per split")
+    diff.add_argument("a", metavar="A")
+    diff.add_argument("b", metavar="B")
+    diff.add_argument("--json", action="store_true", help="one JSON object")
+    verify = actions.add_parser("verify", help="recompute the files' SHA-256 (exit 1 if any "
+                                "differs or is missing)")
+    verify.add_argument("name", metavar="NAME")
+    verify.add_argument("paths", nargs="*", metavar="PATH", help="the export's folder or "
+                        "files (default: where they were written)")
+    verify.add_argument("--json", action="store_true", help="one JSON object")
+
+
+def cmd_datasets(args: argparse.Namespace, ctx: Context) -> int:
+    from worker.dataset.versions import VersionError
+
+    action = args.datasets_command
+    try:
+        if action == "show":
+            return show_version(ctx.engine(), args.name, as_json=args.json, out=write)
+        if action == "diff":
+            return diff_versions(ctx.engine(), args.a, args.b, as_json=args.json, out=write)
+        if action == "verify":
+            return verify_version(ctx.engine(), args.name, [Path(p) for p in args.paths],
+                                  as_json=args.json, out=write)
+        return list_versions(ctx.engine(), as_json=args.json, out=write)
+    except VersionError as exc:
+        raise CommandError(str(exc)) from exc
 
 
 def _dumps(value: Any) -> str:
@@ -25,6 +66,8 @@ def _splits(version: db_versions.StoredVersion) -> str:
 
 
 def list_versions(engine: Engine, *, as_json: bool, out: Out) -> int:
+    from worker.db import versions as db_versions
+
     with engine.connect() as conn:
         found = db_versions.list_versions(conn)
     if as_json:
@@ -41,6 +84,8 @@ def list_versions(engine: Engine, *, as_json: bool, out: Out) -> int:
 
 
 def show_version(engine: Engine, name: str, *, as_json: bool, out: Out) -> int:
+    from worker.db import versions as db_versions
+
     with engine.connect() as conn:
         version = db_versions.get_version(conn, name)
     data = version.as_json()
@@ -61,6 +106,9 @@ def show_version(engine: Engine, name: str, *, as_json: bool, out: Out) -> int:
 
 
 def diff_versions(engine: Engine, a: str, b: str, *, as_json: bool, out: Out) -> int:
+    from worker.dataset.versions import diff_members, print_diff
+    from worker.db import versions as db_versions
+
     with engine.connect() as conn:
         first, second = db_versions.get_version(conn, a), db_versions.get_version(conn, b)
         diff = diff_members(a, b, db_versions.diff_pairs(conn, first.version_id,
@@ -75,6 +123,9 @@ def diff_versions(engine: Engine, a: str, b: str, *, as_json: bool, out: Out) ->
 def verify_version(engine: Engine, name: str, paths: list[Path], *, as_json: bool,
                    out: Out) -> int:
     """Exit 1 when any file differs from its recorded SHA-256 or is missing."""
+    from worker.dataset.versions import FileCheck, locate, verify_files
+    from worker.db import versions as db_versions
+
     with engine.connect() as conn:
         version = db_versions.get_version(conn, name)
     results = verify_files(locate(version.files, paths))

@@ -1,18 +1,44 @@
-"""`reenrich dedup` on the command line: its flags, its summary, `--show`."""
+"""`reenrich dedup`: near-duplicate clusters (MinHash + LSH), their summary, `--show`.
+
+`print_details` is also the near-duplicate part of `reenrich stats`
+(worker.dataset.dedup_stats prints it).
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import Any
+import sys
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Engine
+from worker.cli.args import Subparsers, add_command
+from worker.cli.context import CommandError
+from worker.cli.output import Out, label, write
+from worker.errors import EXIT_USAGE, ReenrichError, UsageError
 
-from worker.errors import UsageError
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
-# Only what building the parser needs is imported at the top: every command
-# builds it, and the MinHash libraries are for `dedup` alone.
-Out = Callable[[str], None]
+    from worker.cli.context import Context
+
+
+def register(commands: Subparsers) -> None:
+    p = add_command(commands, "dedup", cmd_dedup, "find near-duplicate conversations (MinHash "
+                    "+ LSH, exact Jaccard of word 5-grams) and keep their clusters; incremental")
+    p.add_argument("--threshold", type=parse_threshold, default=None,
+                   metavar="T", help="near-duplicates: Jaccard similarity of word 5-gram "
+                   "shingles at least T (default 0.7)")
+    p.add_argument("--within-cell", action="store_true",
+                   help="link only conversations of the same persona × arc × topic cell "
+                        "(clusters across cells are still counted)")
+    p.add_argument("--workers", type=_count, default=1, metavar="N",
+                   help="processes computing signatures (default 1; the database work "
+                        "stays in this one)")
+    p.add_argument("--show", action="store_true",
+                   help="print the stored clusters, largest first (computes nothing)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object (with --show: JSON Lines, a cluster a line)")
 
 
 def parse_threshold(value: str) -> float:
@@ -27,25 +53,20 @@ def parse_threshold(value: str) -> float:
 
 
 def _count(value: str) -> int:
+    # Digits only: stricter than args.parse_count (which takes " 2" or "+2"), as it always was.
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
     return int(value)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threshold", type=parse_threshold, default=None,
-                   metavar="T", help="near-duplicates: Jaccard similarity of word 5-gram "
-                   "shingles at least T (default 0.7)")
-    p.add_argument("--within-cell", action="store_true",
-                   help="link only conversations of the same persona × arc × topic cell "
-                        "(clusters across cells are still counted)")
-    p.add_argument("--workers", type=_count, default=1, metavar="N",
-                   help="processes computing signatures (default 1; the database work "
-                        "stays in this one)")
-    p.add_argument("--show", action="store_true",
-                   help="print the stored clusters, largest first (computes nothing)")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON object (with --show: JSON Lines, a cluster a line)")
+def cmd_dedup(args: argparse.Namespace, ctx: Context) -> int:
+    try:
+        return command(args, ctx.engine(), out=write)
+    except UsageError as exc:
+        sys.stderr.write(f"reenrich: {exc}\n")
+        return EXIT_USAGE
+    except ReenrichError as exc:
+        raise CommandError(str(exc)) from exc
 
 
 def command(args: argparse.Namespace, engine: Engine, out: Out) -> int:
@@ -69,6 +90,22 @@ def command(args: argparse.Namespace, engine: Engine, out: Out) -> int:
     return 0
 
 
+class Cluster(NamedTuple):
+    """A row of worker.db.dedup.all_clusters (its columns are these fields)."""
+
+    cluster_id: uuid.UUID
+    representative: uuid.UUID
+    size: int
+    cells: int
+    threshold: float
+    scope: str
+    members: list[uuid.UUID]
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Cluster:
+        return cls(**{name: row[name] for name in cls._fields})
+
+
 def show(engine: Engine, *, as_json: bool, out: Out) -> int:
     import orjson
     import structlog
@@ -77,27 +114,23 @@ def show(engine: Engine, *, as_json: bool, out: Out) -> int:
 
     shown = 0
     with engine.connect() as conn, conn.begin():
-        for row in db.all_clusters(conn):
-            members = [str(m) for m in row["members"]]
+        for cluster in map(Cluster.of, db.all_clusters(conn)):
+            members = [str(m) for m in cluster.members]
             if as_json:
-                out(orjson.dumps({"cluster_id": str(row["cluster_id"]),
-                                  "representative": str(row["representative"]),
-                                  "members": members, "size": row["size"],
-                                  "cells": row["cells"], "threshold": row["threshold"],
-                                  "scope": row["scope"]}).decode())
+                out(orjson.dumps({"cluster_id": str(cluster.cluster_id),
+                                  "representative": str(cluster.representative),
+                                  "members": members, "size": cluster.size,
+                                  "cells": cluster.cells, "threshold": cluster.threshold,
+                                  "scope": cluster.scope}).decode())
             else:
-                out(f"{row['cluster_id']}  size {row['size']}  representative "
-                    f"{row['representative']}  cells {row['cells']}: {' '.join(members)}")
+                out(f"{cluster.cluster_id}  size {cluster.size}  representative "
+                    f"{cluster.representative}  cells {cluster.cells}: {' '.join(members)}")
             shown += 1
         if not shown:
             structlog.get_logger("reenrich.dedup").warning(
                 "dedup.no_clusters", message="no clusters stored: run `reenrich dedup` "
                 "(none found, or it never ran)")
     return 0
-
-
-def _label(value: Any) -> str:
-    return "(none)" if value is None else str(value)
 
 
 def print_summary(s: dict[str, Any], out: Out) -> None:
@@ -118,7 +151,7 @@ def print_details(s: dict[str, Any], out: Out) -> None:
     if cells:
         out("cells with the highest duplicate rate:")
         for c in cells:
-            out(f"  {_label(c['persona'])}|{_label(c['arc'])}|{_label(c['topic'])}: "
+            out(f"  {label(c['persona'])}|{label(c['arc'])}|{label(c['topic'])}: "
                 f"{c['duplicates']} of {c['conversations']} ({100 * c['duplicate_rate']:.1f}%)")
     if s["largest_clusters"]:
         out("largest clusters:")

@@ -12,15 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import Engine
 
-from worker.config import EnrichmentConfig, load_enrichment_config
+from worker.cli.args import (
+    Subparsers,
+    add_command,
+    parse_count,
+    parse_count_or_zero,
+    parse_fields,
+    parse_uuid,
+)
+from worker.cli.output import Column, Out, clip, flat, table, write
 from worker.dataset.reviews import (
     STATUSES,
     BadRow,
@@ -31,16 +38,17 @@ from worker.dataset.reviews import (
     read_filled,
     write_sheet,
 )
-from worker.dataset.sampling import SamplingError, SamplingSpec, make_plan, parse_stratify_by
-from worker.db import dataset
-from worker.db import reviews as db
+from worker.dataset.sampling import SamplingError, SamplingSpec
 from worker.errors import ReenrichError, UsageError
 
 if TYPE_CHECKING:
-    from worker.cli.app import Context
+    from sqlalchemy import Engine
+
+    from worker.cli.context import Context
+    from worker.config import EnrichmentConfig
+    from worker.db import reviews as db
 
 log = structlog.get_logger("reenrich.review")
-Out = Callable[[str], None]
 
 
 class ReviewError(ReenrichError):
@@ -62,6 +70,10 @@ class SheetSummary:
 def make_sheet(engine: Engine, path: Path, selection: Selection,
                spec: SamplingSpec) -> SheetSummary:
     """Write the pairs to review; stratified like `export` (same seed, same conversations)."""
+    from worker.dataset.sampling import make_plan
+    from worker.db import dataset
+    from worker.db import reviews as db
+
     summary = SheetSummary(path)
     seen: set[uuid.UUID] = set()
     with engine.connect() as conn, conn.begin():
@@ -76,7 +88,7 @@ def make_sheet(engine: Engine, path: Path, selection: Selection,
             summary.shortfall = {"|".join(p or "" for p in key): s.shortfall
                                  for key, s in plan.strata.items() if s.shortfall}
 
-        def rows() -> Any:
+        def rows() -> Iterator[SheetRow]:
             for row in db.sheet_rows(conn, selection.value, ids):
                 seen.add(row.conversation_id)
                 yield SheetRow(row.conversation_id, row.turn_number, row.persona_archetype,
@@ -110,6 +122,8 @@ def _unknown(review: ReviewInput) -> BadRow:
 
 def import_sheet(engine: Engine, path: Path) -> ImportSummary:
     """Record a filled sheet's good rows (one transaction); report stale and bad ones."""
+    from worker.db import reviews as db
+
     sheet = read_filled(path)
     summary = ImportSummary(bad=list(sheet.bad), skipped=sheet.skipped)
     good: list[ReviewInput] = []
@@ -133,6 +147,8 @@ def import_sheet(engine: Engine, path: Path) -> ImportSummary:
 
 def set_review(engine: Engine, review: ReviewInput) -> None:
     """Record one review of the pair's current text (its hash is taken from the document)."""
+    from worker.db import reviews as db
+
     with engine.begin() as conn:
         current = db.pair_hashes(conn, [review.conversation_id]).get(
             (review.conversation_id, review.turn_number))
@@ -187,30 +203,84 @@ def review_json(review: db.StoredReview) -> dict[str, Any]:
     }
 
 
-def _one_line(notes: str | None, width: int = 60) -> str:
-    if not notes:
-        return ""
-    flat = " ".join(notes.split())
-    return flat if len(flat) <= width else flat[:width - 1] + "…"
+def _state(review: db.StoredReview) -> str:
+    return "stale" if review.stale else "current" if review.superseded_at is None else "history"
+
+
+REVIEW_COLUMNS: tuple[Column[db.StoredReview], ...] = (
+    Column("CONVERSATION_ID", lambda r: r.conversation_id),
+    Column("TURN", lambda r: r.turn_number),
+    Column("STATUS", lambda r: r.status),
+    Column("REVIEWER", lambda r: r.reviewer),
+    Column("STATE", _state),
+    Column("REVIEWED_AT", lambda r: r.reviewed_at.isoformat(timespec="seconds")),
+    Column("NOTES", lambda r: clip(flat(r.notes), 60)),
+)
 
 
 def print_list(items: list[db.StoredReview], as_json: bool, out: Out) -> None:
-    from worker.dataset.stats import table
-
     if as_json:
         out(json.dumps([review_json(r) for r in items], ensure_ascii=False))
         return
     if not items:
         out("no reviews match")
         return
-    table([[str(r.conversation_id), str(r.turn_number), r.status, r.reviewer,
-            "stale" if r.stale else "current" if r.superseded_at is None else "history",
-            r.reviewed_at.isoformat(timespec="seconds"), _one_line(r.notes)] for r in items],
-          ["conversation_id", "turn", "status", "reviewer", "state", "reviewed_at", "notes"],
-          out)
+    table(items, REVIEW_COLUMNS, out)
 
 
 # ------------------------------------------------------------------ CLI
+
+
+def register(commands: Subparsers) -> None:
+    """`review` and its subcommands (their --log-level is left to the settings, as it was)."""
+    review = add_command(commands, "review", None, "human review of training pairs: sheet, "
+                         "import, set, list", description="human review of training pairs",
+                         checked_level=False)
+    actions = review.add_subparsers(dest="review_command", required=True, metavar="COMMAND")
+    _add_sheet(actions)
+    p = add_command(actions, "import", cmd_import, "record a filled sheet (CSV or JSON Lines); "
+                    "rows without a status are skipped; exit 1 if any row is bad (the good "
+                    "ones are recorded)", checked_level=False)
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--no-enrich", action="store_true",
+                   help="record only; leave re-enrichment to follow or backfill")
+    _add_set(actions)
+    p = add_command(actions, "list", cmd_list, "current reviews (text or --json), each marked "
+                    "stale when its pair's text changed since", checked_level=False)
+    p.add_argument("--stale", action="store_true", help="only stale reviews")
+    p.add_argument("--status", choices=list(STATUSES))
+    p.add_argument("--reviewer", metavar="NAME")
+    p.add_argument("--history", action="store_true", help="also the superseded reviews")
+    p.add_argument("--json", action="store_true", help="a JSON array of objects")
+
+
+def _add_sheet(actions: Subparsers) -> None:
+    p = add_command(actions, "sheet", cmd_sheet, "write a sheet of assistant pairs to review "
+                    "(CSV by the .csv suffix, else JSON Lines)", checked_level=False)
+    p.add_argument("--output", required=True, metavar="PATH")
+    p.add_argument("--select", choices=[s.value for s in Selection], default="unreviewed",
+                   help="unreviewed (default): never reviewed; stale: the text changed since "
+                        "its review; all")
+    p.add_argument("--stratify-by", type=parse_fields, metavar="FIELDS",
+                   help="persona, arc, topic or a comma list (as export)")
+    p.add_argument("--per-stratum", type=parse_count, metavar="N",
+                   help="N conversations per stratum (all their selected pairs)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
+
+
+def _add_set(actions: Subparsers) -> None:
+    p = add_command(actions, "set", cmd_set, "record one review of a pair's current text",
+                    checked_level=False)
+    p.add_argument("conversation_id", type=parse_uuid, metavar="CONVERSATION_ID")
+    p.add_argument("turn", type=parse_count_or_zero, metavar="TURN")
+    p.add_argument("--status", required=True, choices=list(STATUSES))
+    p.add_argument("--reviewer", required=True, metavar="NAME")
+    p.add_argument("--notes", metavar="TEXT")
+    p.add_argument("--seed-example", action="store_true", help="use as a seed example")
+    p.add_argument("--variations", type=parse_count_or_zero, default=0, metavar="N",
+                   help="variations to generate (default 0)")
+    p.add_argument("--no-enrich", action="store_true",
+                   help="record only; leave re-enrichment to follow or backfill")
 
 
 def _spec(args: argparse.Namespace) -> SamplingSpec:
@@ -223,39 +293,43 @@ def _spec(args: argparse.Namespace) -> SamplingSpec:
     return spec
 
 
-def cmd_sheet(args: argparse.Namespace, ctx: Context, out: Out) -> int:
+def cmd_sheet(args: argparse.Namespace, ctx: Context) -> int:
     spec = _spec(args)
     summary = make_sheet(ctx.engine(), Path(args.output), Selection(args.select), spec)
     line = (f"wrote {summary.path}: {summary.pairs} pair(s) of {summary.conversations} "
             f"conversation(s) to review ({args.select})")
     if spec.stratify_by:
         line += f"; {summary.strata} strata by {','.join(spec.stratify_by)}, seed {spec.seed}"
-    out(line)
+    write(line)
     if summary.shortfall:
-        out("shortfall: " + ", ".join(f"{k} -{v}" for k, v in summary.shortfall.items()))
+        write("shortfall: " + ", ".join(f"{k} -{v}" for k, v in summary.shortfall.items()))
     if not summary.pairs:
-        out("nothing to review for this selection (see `reenrich review list`)")
+        write("nothing to review for this selection (see `reenrich review list`)")
     return 0
 
 
-def cmd_import(args: argparse.Namespace, ctx: Context, out: Out) -> int:
+def cmd_import(args: argparse.Namespace, ctx: Context) -> int:
+    from worker.config import load_enrichment_config
+
     summary = import_sheet(ctx.engine(), Path(args.path))
-    out(f"imported {args.path}: {summary.recorded} review(s) recorded "
-        f"({len(summary.stale)} stale), {summary.skipped} row(s) without a status skipped, "
-        f"{len(summary.bad)} bad row(s)")
+    write(f"imported {args.path}: {summary.recorded} review(s) recorded "
+          f"({len(summary.stale)} stale), {summary.skipped} row(s) without a status skipped, "
+          f"{len(summary.bad)} bad row(s)")
     for review in summary.stale:
-        out(f"  line {review.line}: stale: the text of conversation {review.conversation_id} "
-            f"turn {review.turn_number} changed since the sheet was made; recorded as stale, "
-            f"review it again from a new sheet (`--select stale`)")
+        write(f"  line {review.line}: stale: the text of conversation {review.conversation_id} "
+              f"turn {review.turn_number} changed since the sheet was made; recorded as stale, "
+              f"review it again from a new sheet (`--select stale`)")
     for bad in summary.bad:
-        out(f"  line {bad.line}: {bad.reason}")
+        write(f"  line {bad.line}: {bad.reason}")
     if not args.no_enrich:
         _reenrich(ctx.engine(), summary.conversations, load_enrichment_config(ctx.settings),
-                  out)
+                  write)
     return 1 if summary.bad else 0
 
 
-def cmd_set(args: argparse.Namespace, ctx: Context, out: Out) -> int:
+def cmd_set(args: argparse.Namespace, ctx: Context) -> int:
+    from worker.config import load_enrichment_config
+
     try:
         status, reviewer = check_set(args.status, args.reviewer, args.variations)
     except ValueError as exc:
@@ -265,93 +339,18 @@ def cmd_set(args: argparse.Namespace, ctx: Context, out: Out) -> int:
                          use_as_seed_example=args.seed_example,
                          generate_variations_count=args.variations, content_sha256="")
     set_review(ctx.engine(), review)
-    out(f"recorded: {args.conversation_id} turn {args.turn} {status.value} by {reviewer}")
+    write(f"recorded: {args.conversation_id} turn {args.turn} {status.value} by {reviewer}")
     if not args.no_enrich:
         _reenrich(ctx.engine(), [args.conversation_id], load_enrichment_config(ctx.settings),
-                  out)
+                  write)
     return 0
 
 
-def cmd_list(args: argparse.Namespace, ctx: Context, out: Out) -> int:
+def cmd_list(args: argparse.Namespace, ctx: Context) -> int:
+    from worker.db import reviews as db
+
     with ctx.engine().connect() as conn:
         items = db.list_reviews(conn, stale_only=args.stale, status=args.status,
                                 reviewer=args.reviewer, history=args.history)
-    print_list(items, args.json, out)
+    print_list(items, args.json, write)
     return 0
-
-
-def _fields(value: str) -> tuple[str, ...]:
-    try:
-        return parse_stratify_by(value)
-    except SamplingError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _count(value: str, least: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = least - 1
-    if number < least:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least {least}")
-    return number
-
-
-def register(sub: Any, out: Out) -> None:
-    """Add `review` and its subcommands to the `reenrich` parser (`sub`: its subparsers)."""
-    review = sub.add_parser("review", help="human review of training pairs: sheet, import, "
-                            "set, list", description="human review of training pairs")
-    review.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    commands = review.add_subparsers(dest="review_command", required=True, metavar="COMMAND")
-
-    def add(name: str, func: Callable[[argparse.Namespace, Context, Out], int],
-            help_: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = commands.add_parser(name, help=help_, description=help_)
-        p.set_defaults(func=lambda args, ctx: func(args, ctx, out))
-        p.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        return p
-
-    p = add("sheet", cmd_sheet, "write a sheet of assistant pairs to review (CSV by the .csv "
-            "suffix, else JSON Lines)")
-    p.add_argument("--output", required=True, metavar="PATH")
-    p.add_argument("--select", choices=[s.value for s in Selection], default="unreviewed",
-                   help="unreviewed (default): never reviewed; stale: the text changed since "
-                        "its review; all")
-    p.add_argument("--stratify-by", type=_fields, metavar="FIELDS",
-                   help="persona, arc, topic or a comma list (as export)")
-    p.add_argument("--per-stratum", type=lambda v: _count(v, 1), metavar="N",
-                   help="N conversations per stratum (all their selected pairs)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
-
-    p = add("import", cmd_import, "record a filled sheet (CSV or JSON Lines); rows without a "
-            "status are skipped; exit 1 if any row is bad (the good ones are recorded)")
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("--no-enrich", action="store_true",
-                   help="record only; leave re-enrichment to follow or backfill")
-
-    p = add("set", cmd_set, "record one review of a pair's current text")
-    p.add_argument("conversation_id", type=_uuid, metavar="CONVERSATION_ID")
-    p.add_argument("turn", type=lambda v: _count(v, 0), metavar="TURN")
-    p.add_argument("--status", required=True, choices=list(STATUSES))
-    p.add_argument("--reviewer", required=True, metavar="NAME")
-    p.add_argument("--notes", metavar="TEXT")
-    p.add_argument("--seed-example", action="store_true", help="use as a seed example")
-    p.add_argument("--variations", type=lambda v: _count(v, 0), default=0, metavar="N",
-                   help="variations to generate (default 0)")
-    p.add_argument("--no-enrich", action="store_true",
-                   help="record only; leave re-enrichment to follow or backfill")
-
-    p = add("list", cmd_list, "current reviews (text or --json), each marked stale when its "
-            "pair's text changed since")
-    p.add_argument("--stale", action="store_true", help="only stale reviews")
-    p.add_argument("--status", choices=list(STATUSES))
-    p.add_argument("--reviewer", metavar="NAME")
-    p.add_argument("--history", action="store_true", help="also the superseded reviews")
-    p.add_argument("--json", action="store_true", help="a JSON array of objects")
-
-
-def _uuid(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a UUID") from exc

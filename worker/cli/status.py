@@ -1,135 +1,86 @@
-"""What operators look at: runs, failures, stored documents (read-only)."""
+"""`reenrich status`, `failures`, `show`, and the follow workers' view (`workers`, in follow).
+
+What operators look at, read-only: backfill runs, failures, follow workers,
+stored documents. Each database row is read into a typed row here, so every
+field a table or a JSON object prints is one mypy knows.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
-import shutil
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Engine
+from worker.cli.args import Subparsers, add_command, parse_uuid
+from worker.cli.output import (
+    Column,
+    Out,
+    clip,
+    first_line,
+    flat,
+    one_line,
+    table,
+    terminal_width,
+    write,
+)
+from worker.errors import UsageError
 
-from worker.db import checkpoints, queue, repository
-from worker.enrichment.contract import dumps, in_contract_order
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-Out = Callable[[str | bytes], None]
+    from sqlalchemy import Engine
+
+    from worker.cli.context import Context
+    from worker.db import checkpoints, queue
+
+
+def register(commands: Subparsers) -> None:
+    p = add_command(commands, "status", cmd_status, "backfill runs: status, counts, rate, ETA")
+    p.add_argument("--json", action="store_true", help="a JSON array of runs (every detail)")
+    p.add_argument("--wide", action="store_true",
+                   help="every column, untruncated (the default fits the terminal)")
+
+    p = add_command(commands, "failures", cmd_failures, "conversations that failed enrichment")
+    p.add_argument("--run", metavar="NAME", help="only failures last seen by this run")
+    p.add_argument("--all", action="store_true", help="include resolved failures")
+    p.add_argument("--json", action="store_true", help="a JSON array")
+    p.add_argument("--wide", action="store_true", help="every column, untruncated")
+
+    p = add_command(commands, "show", cmd_show,
+                    "print stored enriched documents as JSON Lines (contract order)")
+    p.add_argument("ids", nargs="*", type=parse_uuid, metavar="ID")
+    p.add_argument("--all", action="store_true", help="every enriched document")
+
+
+def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+    return print_status(ctx.engine(), as_json=args.json, out=write, wide=args.wide)
+
+
+def cmd_failures(args: argparse.Namespace, ctx: Context) -> int:
+    return print_failures(ctx.engine(), run=args.run, as_json=args.json,
+                          include_resolved=args.all, out=write, wide=args.wide)
+
+
+def cmd_show(args: argparse.Namespace, ctx: Context) -> int:
+    if not args.ids and not args.all:
+        raise UsageError("show needs conversation ids (reenrich show ID [ID...]) or --all")
+    if args.ids and args.all:
+        raise UsageError("give conversation ids or --all, not both")
+    return show_documents(ctx.engine(), None if args.all else args.ids, out=write)
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def run_summary(run: checkpoints.Run, now: datetime | None = None) -> dict[str, Any]:
-    now = now or datetime.now(UTC)
-    end = run.finished_at or (run.heartbeat_at if run.status != "running" else now)
-    elapsed = max((end - run.started_at).total_seconds(), 0.0)
-    rate = run.processed / elapsed if elapsed > 0 else 0.0
-    remaining = max(0, (run.total or 0) - run.processed)
-    eta = round(remaining / rate, 1) if rate > 0 and run.status == "running" else None
-    return {
-        "name": run.name,
-        "status": run.status,
-        "processed": run.processed,
-        "updated": run.updated,
-        "unchanged": run.unchanged,
-        "failed": run.failed,
-        "total": run.total,
-        "rows_per_second": round(rate, 1),
-        "eta_seconds": eta,
-        "started_at": _iso(run.started_at),
-        "finished_at": _iso(run.finished_at),
-        "heartbeat_at": _iso(run.heartbeat_at),
-        "workers": run.workers,
-        "enrichment_version": run.enrichment_version,
-        "filters": run.filters.as_json(),
-        "last_error": run.last_error,
-    }
-
-
-# ------------------------------------------------------------ tables
-
-
-def one_line(value: Any) -> str:
-    """A cell's text on one line: a control character (newline, escape) is shown escaped."""
-    text = "" if value is None else str(value)
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
-def first_line(value: Any) -> str:
-    """The first non-empty line of a (possibly multi-line) error message."""
-    for line in ("" if value is None else str(value)).splitlines():
-        if line.strip():
-            return one_line(line.strip())
-    return ""
-
-
-def clip(text: str, width: int) -> str:
-    if width < 1:
-        return ""
-    return text if len(text) <= width else text[:max(0, width - 1)] + "…"
-
-
-def terminal_width() -> int:
-    """The terminal's width (COLUMNS, else the tty's, else 80), at least 40."""
-    return max(40, shutil.get_terminal_size((80, 24)).columns)
-
-
-@dataclass(frozen=True)
-class Column:
-    key: str
-    title: str
-    drop: int = 0  # 0: always shown; otherwise dropped (highest first) when too wide
-    shrink: int = 0  # > 0: may be cut down to this many characters when too wide
-    soft: int = 0  # > 0: cut to this first, before any column is dropped
-    right: bool = False
-
-
-def _table(rows: list[dict[str, Any]], columns: Sequence[Column], out: Out,
-           width: int | None) -> None:
-    """A table that fits `width` (None: no limit): optional columns go, then long ones shrink."""
-    cells = {c.key: [one_line(r.get(c.key)) for r in rows] for c in columns}
-    # An optional column with nothing in it (no ETA when nothing runs) is left out.
-    shown = [c for c in columns if not c.drop or any(cells[c.key])]
-
-    def natural(c: Column) -> int:
-        return max([len(c.title)] + [len(v) for v in cells[c.key]])
-
-    widths = {c.key: natural(c) for c in columns}
-
-    def total() -> int:
-        return sum(widths[c.key] for c in shown) + 2 * (len(shown) - 1)
-
-    if width is not None:
-        for column in shown:
-            if column.soft and total() > width:
-                floor = max(column.soft, len(column.title))
-                widths[column.key] = max(min(floor, widths[column.key]),
-                                         widths[column.key] - (total() - width))
-        for column in sorted((c for c in shown if c.drop), key=lambda c: -c.drop):
-            if total() <= width:
-                break
-            shown.remove(column)
-        for column in shown:
-            if column.shrink and total() > width:
-                widths[column.key] = max(column.shrink, widths[column.key] - (total() - width))
-
-    def line(values: list[str]) -> str:
-        parts = []
-        for column, value in zip(shown, values, strict=True):
-            w = widths[column.key]
-            value = clip(value, w)
-            parts.append(value.rjust(w) if column.right else value.ljust(w))
-        return "  ".join(parts).rstrip()
-
-    out(line([c.title for c in shown]))
-    for i in range(len(rows)):
-        out(line([cells[c.key][i] for c in shown]))
+def _minute(value: datetime | None) -> str:
+    """An ISO timestamp cut to the minute, as the table shows it (in the row's own zone)."""
+    return (_iso(value) or "")[:16].replace("T", " ")
 
 
 def _when(value: datetime | None) -> str:
@@ -147,51 +98,101 @@ def _duration(value: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-RUN_COLUMNS = (
-    Column("name", "RUN", shrink=16, soft=30),
-    Column("status", "STATUS"),
-    Column("progress", "PROCESSED", right=True),
-    Column("failed", "FAILED", right=True),
-    Column("rate", "ROWS/S", drop=3, right=True),
-    Column("eta", "ETA", drop=2, right=True),
-    Column("started", "STARTED (UTC)", drop=4),
-    Column("finished", "FINISHED (UTC)", drop=5),
-    Column("updated", "UPDATED", drop=6, right=True),
-    Column("unchanged", "UNCHANGED", drop=7, right=True),
+# ------------------------------------------------------------ runs
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A backfill run with its rate and ETA (a row of `reenrich status`)."""
+
+    run: checkpoints.Run
+    rows_per_second: float
+    eta_seconds: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        run = self.run
+        return {
+            "name": run.name,
+            "status": run.status,
+            "processed": run.processed,
+            "updated": run.updated,
+            "unchanged": run.unchanged,
+            "failed": run.failed,
+            "total": run.total,
+            "rows_per_second": self.rows_per_second,
+            "eta_seconds": self.eta_seconds,
+            "started_at": _iso(run.started_at),
+            "finished_at": _iso(run.finished_at),
+            "heartbeat_at": _iso(run.heartbeat_at),
+            "workers": run.workers,
+            "enrichment_version": run.enrichment_version,
+            "filters": run.filters.as_json(),
+            "last_error": run.last_error,
+        }
+
+
+def run_summary(run: checkpoints.Run, now: datetime | None = None) -> RunSummary:
+    now = now or datetime.now(UTC)
+    end = run.finished_at or (run.heartbeat_at if run.status != "running" else now)
+    elapsed = max((end - run.started_at).total_seconds(), 0.0)
+    rate = run.processed / elapsed if elapsed > 0 else 0.0
+    remaining = max(0, (run.total or 0) - run.processed)
+    eta = round(remaining / rate, 1) if rate > 0 and run.status == "running" else None
+    return RunSummary(run, round(rate, 1), eta)
+
+
+def _progress(run: checkpoints.Run) -> str:
+    return f"{run.processed}/{'?' if run.total is None else run.total}"
+
+
+RUN_COLUMNS: tuple[Column[RunSummary], ...] = (
+    Column("RUN", lambda s: s.run.name, shrink=16, soft=30),
+    Column("STATUS", lambda s: s.run.status),
+    Column("PROCESSED", lambda s: _progress(s.run), right=True),
+    Column("FAILED", lambda s: s.run.failed, right=True),
+    Column("ROWS/S", lambda s: s.rows_per_second or "", drop=3, right=True),
+    Column("ETA", lambda s: _duration(s.eta_seconds), drop=2, right=True),
+    Column("STARTED (UTC)", lambda s: _when(s.run.started_at), drop=4),
+    Column("FINISHED (UTC)", lambda s: _when(s.run.finished_at), drop=5),
+    Column("UPDATED", lambda s: s.run.updated, drop=6, right=True),
+    Column("UNCHANGED", lambda s: s.run.unchanged, drop=7, right=True),
 )
-WIDE_RUN_COLUMNS = tuple(Column(k, k.upper()) for k in (
-    "name", "status", "processed", "total", "updated", "unchanged", "failed",
-    "rows_per_second", "eta_seconds", "started_at", "finished_at", "workers", "last_error"))
-
-
-def _run_row(run: checkpoints.Run, summary: dict[str, Any]) -> dict[str, Any]:
-    total = "?" if run.total is None else str(run.total)
-    return {"name": run.name, "status": run.status, "progress": f"{run.processed}/{total}",
-            "failed": run.failed, "rate": summary["rows_per_second"] or "",
-            "eta": _duration(summary["eta_seconds"]), "started": _when(run.started_at),
-            "finished": _when(run.finished_at), "updated": run.updated,
-            "unchanged": run.unchanged}
+WIDE_RUN_COLUMNS: tuple[Column[RunSummary], ...] = (
+    Column("NAME", lambda s: s.run.name),
+    Column("STATUS", lambda s: s.run.status),
+    Column("PROCESSED", lambda s: s.run.processed),
+    Column("TOTAL", lambda s: s.run.total),
+    Column("UPDATED", lambda s: s.run.updated),
+    Column("UNCHANGED", lambda s: s.run.unchanged),
+    Column("FAILED", lambda s: s.run.failed),
+    Column("ROWS_PER_SECOND", lambda s: s.rows_per_second),
+    Column("ETA_SECONDS", lambda s: s.eta_seconds),
+    Column("STARTED_AT", lambda s: _iso(s.run.started_at)),
+    Column("FINISHED_AT", lambda s: _iso(s.run.finished_at)),
+    Column("WORKERS", lambda s: s.run.workers),
+    Column("LAST_ERROR", lambda s: flat(s.run.last_error)),
+)
 
 
 def print_status(engine: Engine, *, as_json: bool, out: Out, wide: bool = False,
                  width: int | None = None) -> int:
     """`reenrich status`: fits the terminal (80 columns when not one); --wide: every column."""
+    from worker.db import checkpoints
+
     with engine.connect() as conn:
-        runs = checkpoints.list_runs(conn)
-    summaries = [run_summary(r) for r in runs]
+        summaries = [run_summary(r) for r in checkpoints.list_runs(conn)]
     if as_json:
-        out(json.dumps(summaries, ensure_ascii=False))
+        out(json.dumps([s.as_json() for s in summaries], ensure_ascii=False))
         return 0
     fit = width or terminal_width()
-    if not runs:
+    if not summaries:
         out("no backfill runs yet: start one with `reenrich backfill`")
     elif wide:
-        _table([{**s, "last_error": " ".join(str(s["last_error"] or "").split())}
-                for s in summaries], WIDE_RUN_COLUMNS, out, None)
+        table(summaries, WIDE_RUN_COLUMNS, out)
     else:
-        _table([_run_row(r, s) for r, s in zip(runs, summaries, strict=True)], RUN_COLUMNS,
-               out, fit)
-        errors = [(r.name, first_line(r.last_error)) for r in runs if r.last_error]
+        table(summaries, RUN_COLUMNS, out, fit)
+        errors = [(s.run.name, first_line(s.run.last_error)) for s in summaries
+                  if s.run.last_error]
         for name, error in errors:
             out(clip(f"  {clip(one_line(name), 30)}: {error}", fit))
         if errors:
@@ -218,33 +219,74 @@ def _print_versions(engine: Engine, out: Out) -> None:
         out(f"  {behind} row(s) behind: `reenrich backfill` brings them to v{ENRICHMENT_VERSION}")
 
 
-def _workers(engine: Engine) -> tuple[queue.QueueStats, list[dict[str, Any]]]:
+# ------------------------------------------------------------ follow workers
+
+
+class FollowWorker(NamedTuple):
+    """A row of worker.db.queue.list_workers (its columns are these fields)."""
+
+    worker_id: str
+    host: str
+    pid: int
+    state: str  # running, lost or stopped
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    batches: int
+    rows_processed: int
+    rows_enriched: int
+    rows_unchanged: int
+    rows_failed: int
+    last_batch_at: datetime | None
+    last_error: str | None
+    claimed: int
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> FollowWorker:
+        return cls(**{name: row[name] for name in cls._fields})
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id, "host": self.host, "pid": self.pid,
+            "state": self.state, "started_at": _iso(self.started_at),
+            "heartbeat_at": _iso(self.heartbeat_at), "stopped_at": _iso(self.stopped_at),
+            "batches": self.batches, "rows_processed": self.rows_processed,
+            "rows_enriched": self.rows_enriched, "rows_unchanged": self.rows_unchanged,
+            "rows_failed": self.rows_failed, "claimed": self.claimed,
+            "last_batch_at": _iso(self.last_batch_at), "last_error": self.last_error,
+        }
+
+
+def _workers(engine: Engine) -> tuple[queue.QueueStats, list[FollowWorker]]:
+    from worker.db import queue
+
     with engine.connect() as conn:
         stats = queue.queue_stats(conn)
         rows = queue.list_workers(conn)
-    return stats, [{
-        "worker_id": r["worker_id"], "host": r["host"], "pid": r["pid"], "state": r["state"],
-        "started_at": _iso(r["started_at"]), "heartbeat_at": _iso(r["heartbeat_at"]),
-        "stopped_at": _iso(r["stopped_at"]), "batches": r["batches"],
-        "rows_processed": r["rows_processed"], "rows_enriched": r["rows_enriched"],
-        "rows_unchanged": r["rows_unchanged"], "rows_failed": r["rows_failed"],
-        "claimed": r["claimed"], "last_batch_at": _iso(r["last_batch_at"]),
-        "last_error": r["last_error"],
-    } for r in rows]
+    return stats, [FollowWorker.of(r) for r in rows]
 
 
-WORKER_COLUMNS = (
-    Column("worker_id", "WORKER", shrink=16, soft=30),
-    Column("state", "STATE"),
-    Column("heartbeat", "HEARTBEAT (UTC)", drop=3),
-    Column("batches", "BATCHES", drop=4, right=True),
-    Column("rows_enriched", "ENRICHED", right=True),
-    Column("rows_failed", "FAILED", right=True),
-    Column("claimed", "CLAIMED", drop=2, right=True),
+WORKER_COLUMNS: tuple[Column[FollowWorker], ...] = (
+    Column("WORKER", lambda w: w.worker_id, shrink=16, soft=30),
+    Column("STATE", lambda w: w.state),
+    Column("HEARTBEAT (UTC)", lambda w: _minute(w.heartbeat_at), drop=3),
+    Column("BATCHES", lambda w: w.batches, drop=4, right=True),
+    Column("ENRICHED", lambda w: w.rows_enriched, right=True),
+    Column("FAILED", lambda w: w.rows_failed, right=True),
+    Column("CLAIMED", lambda w: w.claimed, drop=2, right=True),
 )
-WIDE_WORKER_COLUMNS = tuple(Column(k, k.upper()) for k in (
-    "worker_id", "state", "heartbeat_at", "batches", "rows_processed", "rows_enriched",
-    "rows_failed", "claimed", "started_at", "last_error"))
+WIDE_WORKER_COLUMNS: tuple[Column[FollowWorker], ...] = (
+    Column("WORKER_ID", lambda w: w.worker_id),
+    Column("STATE", lambda w: w.state),
+    Column("HEARTBEAT_AT", lambda w: _iso(w.heartbeat_at)),
+    Column("BATCHES", lambda w: w.batches),
+    Column("ROWS_PROCESSED", lambda w: w.rows_processed),
+    Column("ROWS_ENRICHED", lambda w: w.rows_enriched),
+    Column("ROWS_FAILED", lambda w: w.rows_failed),
+    Column("CLAIMED", lambda w: w.claimed),
+    Column("STARTED_AT", lambda w: _iso(w.started_at)),
+    Column("LAST_ERROR", lambda w: flat(w.last_error)),
+)
 
 
 def _print_follow(engine: Engine, out: Out, *, live_only: bool, width: int | None) -> None:
@@ -256,20 +298,18 @@ def _print_follow(engine: Engine, out: Out, *, live_only: bool, width: int | Non
     else:
         out(line)
         out(f"  oldest mark {oldest}")
-    shown = [w for w in workers if w["state"] != "stopped"] if live_only else workers
+    shown = [w for w in workers if w.state != "stopped"] if live_only else workers
     if not shown:
         out("no follow workers running: start one with `reenrich follow`" if live_only
             else "no follow workers yet: start one with `reenrich follow`")
         return
     if width is None:
-        _table([{**w, "last_error": " ".join(str(w["last_error"] or "").split())}
-                for w in shown], WIDE_WORKER_COLUMNS, out, None)
+        table(shown, WIDE_WORKER_COLUMNS, out)
         return
-    _table([{**w, "heartbeat": (w["heartbeat_at"] or "")[:16].replace("T", " ")}
-            for w in shown], WORKER_COLUMNS, out, width)
+    table(shown, WORKER_COLUMNS, out, width)
     for w in shown:
-        if w["last_error"]:
-            out(clip(f"  {clip(one_line(w['worker_id']), 30)}: {first_line(w['last_error'])}",
+        if w.last_error:
+            out(clip(f"  {clip(one_line(w.worker_id), 30)}: {first_line(w.last_error)}",
                      width))
 
 
@@ -280,56 +320,93 @@ def print_workers(engine: Engine, *, as_json: bool, out: Out, wide: bool = False
         stats, workers = _workers(engine)
         out(json.dumps({"queue": {"depth": stats.depth, "claimed": stats.claimed,
                                   "oldest_marked_at": _iso(stats.oldest_marked_at)},
-                        "workers": workers}, ensure_ascii=False))
+                        "workers": [w.as_json() for w in workers]}, ensure_ascii=False))
         return 0
     _print_follow(engine, out, live_only=False,
                   width=None if wide else (width or terminal_width()))
     return 0
 
 
-FAILURE_COLUMNS = (
-    Column("conversation_id", "CONVERSATION"),
-    Column("error_code", "CODE", shrink=12),
-    Column("attempts", "TRIES", drop=2, right=True),
-    Column("last_seen", "LAST SEEN (UTC)", drop=1),
-    Column("message", "MESSAGE", shrink=12, soft=40),
+# ------------------------------------------------------------ failures
+
+
+class Failure(NamedTuple):
+    """A row of worker.db.checkpoints.list_failures (its columns are these fields)."""
+
+    conversation_id: uuid.UUID
+    run_name: str | None
+    error_code: str
+    message: str
+    details: Any
+    attempts: int
+    first_seen_at: datetime
+    last_seen_at: datetime
+    resolved_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> Failure:
+        return cls(**{name: row[name] for name in cls._fields})
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "conversation_id": str(self.conversation_id),
+            "error_code": self.error_code,
+            "message": self.message,
+            "run": self.run_name,
+            "attempts": self.attempts,
+            "first_seen_at": _iso(self.first_seen_at),
+            "last_seen_at": _iso(self.last_seen_at),
+            "resolved_at": _iso(self.resolved_at),
+            "details": self.details,
+        }
+
+
+FAILURE_COLUMNS: tuple[Column[Failure], ...] = (
+    Column("CONVERSATION", lambda f: f.conversation_id),
+    Column("CODE", lambda f: f.error_code, shrink=12),
+    Column("TRIES", lambda f: f.attempts, drop=2, right=True),
+    Column("LAST SEEN (UTC)", lambda f: _minute(f.last_seen_at), drop=1),
+    Column("MESSAGE", lambda f: first_line(f.message), shrink=12, soft=40),
+)
+WIDE_FAILURE_COLUMNS: tuple[Column[Failure], ...] = (
+    Column("CONVERSATION_ID", lambda f: f.conversation_id),
+    Column("ERROR_CODE", lambda f: f.error_code),
+    Column("ATTEMPTS", lambda f: f.attempts),
+    Column("LAST_SEEN_AT", lambda f: _iso(f.last_seen_at)),
+    Column("RUN", lambda f: f.run_name),
+    Column("MESSAGE", lambda f: f.message),
 )
 
 
 def print_failures(engine: Engine, *, run: str | None, as_json: bool, include_resolved: bool,
                    out: Out, wide: bool = False, width: int | None = None) -> int:
+    from worker.db import checkpoints
+
     with engine.connect() as conn:
-        rows = checkpoints.list_failures(conn, run, include_resolved)
-    items = [{
-        "conversation_id": str(r["conversation_id"]),
-        "error_code": r["error_code"],
-        "message": r["message"],
-        "run": r["run_name"],
-        "attempts": r["attempts"],
-        "first_seen_at": _iso(r["first_seen_at"]),
-        "last_seen_at": _iso(r["last_seen_at"]),
-        "resolved_at": _iso(r["resolved_at"]),
-        "details": r["details"],
-    } for r in rows]
+        failures = [Failure.of(r) for r in checkpoints.list_failures(conn, run,
+                                                                      include_resolved)]
     if as_json:
-        out(json.dumps(items, ensure_ascii=False))
+        out(json.dumps([f.as_json() for f in failures], ensure_ascii=False))
         return 0
-    if not items:
+    if not failures:
         out("no failures")
         return 0
     if wide:
-        _table(items, tuple(Column(k, k.upper()) for k in (
-            "conversation_id", "error_code", "attempts", "last_seen_at", "run", "message")),
-            out, None)
+        table(failures, WIDE_FAILURE_COLUMNS, out)
         return 0
-    _table([{**i, "last_seen": (i["last_seen_at"] or "")[:16].replace("T", " "),
-             "message": first_line(i["message"])} for i in items], FAILURE_COLUMNS, out,
-           width or terminal_width())
+    table(failures, FAILURE_COLUMNS, out, width or terminal_width())
     return 0
 
 
-def show_documents(engine: Engine, ids: Sequence[uuid.UUID] | None, *, out: Out) -> int:
-    """Stored enriched documents as JSON Lines; exit 1 if an id has none."""
+# ------------------------------------------------------------ documents
+
+
+def show_documents(engine: Engine, ids: Sequence[uuid.UUID] | None, *,
+                   out: Callable[[bytes], None]) -> int:
+    """Stored enriched documents as JSON Lines (orjson's bytes); exit 1 if an id has none."""
+    from worker.db import repository
+    from worker.enrichment.contract import dumps, in_contract_order
+
     seen: set[uuid.UUID] = set()
     not_enriched: list[uuid.UUID] = []
     with engine.connect() as conn:
