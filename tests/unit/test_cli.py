@@ -65,3 +65,11 @@ def test_a_table_drops_optional_columns_then_shrinks_long_ones_to_fit() -> None:
     table(ROWS, COLUMNS, lines.append, width=15)
     assert lines == ["NAME          N", "a-rather-l…   7", "b            12"]
     assert all(len(line) <= 15 for line in lines)
+
+
+def test_the_tier_choices_are_the_contract_tiers() -> None:
+    # Written out so `--help` loads no pydantic; kept equal to the one definition here.
+    from worker.cli.export import TIERS
+    from worker.enrichment.models import QualityTier
+
+    assert tuple(QualityTier) == TIERS

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from worker.cli.context import Context
     from worker.dataset.export import ExportOptions, Source
 
-# As worker.db.dataset.QUALITY_TIERS: not imported, building the parser needs no SQLAlchemy.
+# The contract's QualityTier values, written out: building the parser loads no pydantic
+# (tests/unit/test_cli.py keeps them equal).
 TIERS = ("seed_dataset", "production", "experimental", "rejected")
 # Flags that say where a --from-version export writes; every other flag comes from the version.
 FROM_VERSION_FLAGS = frozenset({"output", "validation_output", "hub", "shard_size", "license",
