@@ -23,11 +23,13 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from worker.enrichment.enrich import QualityTier
+
 STREAM_BATCH = 100  # documents per fetch (~50 kB each)
 SELECTION_BATCH = 5000
 
-QUALITY_TIERS = ("seed_dataset", "production", "experimental", "rejected")
-REJECTED_TIER = "rejected"
+QUALITY_TIERS = tuple(tier.value for tier in QualityTier)  # best first
+REJECTED_TIER = QualityTier.REJECTED.value
 DEFAULT_QUALITY_SCORE = 3.0  # the contract's score for a row without one
 
 
@@ -61,6 +63,7 @@ class DatasetFilters:
             "exclude_failed": self.exclude_failed,
             "exclude_rejected_tier": not self.include_rejected_tier
                                      and REJECTED_TIER not in self.tiers,
+            "rejected_tier": REJECTED_TIER,
             "default_score": DEFAULT_QUALITY_SCORE,
         }
 
@@ -129,7 +132,8 @@ CASE
        THEN 'missing_scaffolding'
   WHEN CAST(:tiers AS text[]) IS NOT NULL
        AND NOT COALESCE(s.tier = ANY(CAST(:tiers AS text[])), false) THEN 'tier'
-  WHEN CAST(:exclude_rejected_tier AS boolean) AND s.tier = 'rejected' THEN 'rejected_tier'
+  WHEN CAST(:exclude_rejected_tier AS boolean) AND s.tier = CAST(:rejected_tier AS text)
+       THEN 'rejected_tier'
   WHEN CAST(:min_quality AS double precision) IS NOT NULL
        AND s.quality < CAST(:min_quality AS double precision) THEN 'min_quality'
   WHEN CAST(:exclude_failed AS boolean) AND s.open_failure THEN 'failed'

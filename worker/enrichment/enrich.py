@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC
 from decimal import ROUND_HALF_UP, Decimal
+from enum import StrEnum
 from typing import Any
 
 from worker.config import EnrichmentConfig
@@ -79,14 +80,31 @@ def round_half_up(value: float, places: int = 0) -> Decimal:
     return Decimal(str(value)).quantize(exponent, rounding=ROUND_HALF_UP)
 
 
+class QualityTier(StrEnum):
+    """A document's quality tier (`dataset_metadata.quality_tier`), best first: the one
+    definition of the names (the contract's Literal in models.py must list the same)."""
+
+    SEED_DATASET = "seed_dataset"
+    PRODUCTION = "production"
+    EXPERIMENTAL = "experimental"
+    REJECTED = "rejected"
+
+    @classmethod
+    def rank(cls, name: str | None) -> int:
+        """Best first; a name that is no tier (or null) after every tier."""
+        names = [tier.value for tier in cls]
+        return names.index(name) if name in names else len(names)
+
+
 def quality_tier(score: float) -> str:
+    # The plain value: the document keeps a str, as it always had.
     if score >= 4.5:
-        return "seed_dataset"
+        return QualityTier.SEED_DATASET.value
     if score >= 3.5:
-        return "production"
+        return QualityTier.PRODUCTION.value
     if score >= 2.5:
-        return "experimental"
-    return "rejected"
+        return QualityTier.EXPERIMENTAL.value
+    return QualityTier.REJECTED.value
 
 
 @functools.lru_cache(maxsize=4096)
