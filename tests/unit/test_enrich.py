@@ -7,7 +7,7 @@ import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 import pytest
@@ -18,6 +18,7 @@ from worker.dataset.reviews import content_sha256
 from worker.enrichment.contract import KEY_ORDER, in_contract_order
 from worker.enrichment.enrich import (
     InvalidDocument,
+    QualityTier,
     client_background,
     enrich,
     quality_tier,
@@ -25,6 +26,7 @@ from worker.enrichment.enrich import (
 )
 from worker.enrichment.models import (
     ConversationInputs,
+    DatasetMetadata,
     EmotionalArc,
     EnrichedDocument,
     PairReview,
@@ -173,6 +175,14 @@ def test_dataset_metadata(config: EnrichmentConfig) -> None:
                                              (2.49, "rejected"), (1.0, "rejected")])
 def test_quality_tier(score: float, tier: str) -> None:
     assert quality_tier(score) == tier
+    assert type(quality_tier(score)) is str  # the document keeps a plain string
+
+
+def test_quality_tier_names_are_the_contracts() -> None:
+    # The contract's Literal cannot be derived from the enum for mypy: they must agree.
+    literal = DatasetMetadata.model_fields["quality_tier"].annotation
+    assert get_args(literal) == tuple(tier.value for tier in QualityTier)
+    assert [QualityTier.rank(t) for t in ("rejected", "seed_dataset", None, "x")] == [3, 0, 4, 4]
 
 
 @pytest.mark.parametrize(("score", "rounded", "criterion"), [

@@ -143,6 +143,7 @@ class DatasetMetadata(_Strict):
     consultant_persona: str
     target_use: str
     conversation_source: str
+    # The names of enrich.QualityTier (a test keeps them equal; mypy needs the Literal).
     quality_tier: Literal["seed_dataset", "production", "experimental", "rejected"]
     total_conversations: int
     total_turns: int
