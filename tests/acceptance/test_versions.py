@@ -340,7 +340,7 @@ def test_run_export_records_a_version_and_refuses_a_taken_name(
     enriched(engine, tmp_path, config)
     out = tmp_path / "f.json"
     report = run_export(engine, ExportOptions(format="full-json", output=out),
-                        consultant_profile=config.consultant_profile, name="full")
+                        consultant_profile=config.consultant_profile, name="full").as_dict()
     assert report["dataset_version"]["name"] == "full"
     assert report["dataset_version"]["files"][0]["sha256"] == hashlib.sha256(
         out.read_bytes()).hexdigest()

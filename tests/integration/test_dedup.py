@@ -310,7 +310,7 @@ def _export(engine: Engine, config: EnrichmentConfig, out: Path, **kwargs: Any
     # Every planted conversation, quality tier rejected included (left out by default).
     kwargs.setdefault("filters", DatasetFilters(include_rejected_tier=True))
     return run_export(engine, ExportOptions(format="chat", output=out, **kwargs),
-                      consultant_profile=config.consultant_profile)
+                      consultant_profile=config.consultant_profile).as_dict()
 
 
 def test_export_dedup_keeps_representatives(planted: Planted, engine: Engine, tmp_path: Path,

@@ -40,7 +40,7 @@ def export(engine: Engine, config: EnrichmentConfig, fmt: str, output: Path,
     kwargs["filters"] = dataclasses.replace(kwargs.get("filters", DatasetFilters()),
                                             include_rejected_tier=True)
     options = ExportOptions(format=fmt, output=output, **kwargs)
-    return run_export(engine, options, consultant_profile=config.consultant_profile)
+    return run_export(engine, options, consultant_profile=config.consultant_profile).as_dict()
 
 
 def assistant_pairs(document: dict[str, Any]) -> list[dict[str, Any]]:

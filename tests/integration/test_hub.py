@@ -18,6 +18,13 @@ from tests.conftest import run_cli
 from tests.dataset_helpers import enriched, read_jsonl
 from worker.config import EnrichmentConfig
 from worker.dataset.card import render_card
+from worker.dataset.export_report import (
+    ExportSummary,
+    LengthStats,
+    SamplingSummary,
+    SplitSummary,
+    Stratum,
+)
 from worker.enrichment.enrich import ENRICHMENT_VERSION
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -246,16 +253,17 @@ def test_card_escapes_hostile_keys(engine: Engine, db_url: str, tmp_path: Path,
 
 def test_render_card_escapes_every_data_value() -> None:
     hostile = "</table><script>x</script>\n## Pwned"
-    split = {"path": "/d/train.jsonl", "rows": 1, "conversations": 1, "pairs": 1,
-             "personas": {hostile: 1}, "emotional_arcs": {"`a`": 1},
-             "training_topics": {"t\\|x": 1}}
-    report = {"format": "chat", "rows": 1, "strip_metadata": False, "splits": {"train": split},
-              "sampling": {"stratify_by": ["persona"], "per_stratum": None, "balance": False,
-                           "seed": 0, "split_validation": None},
-              "strata": {hostile: {"available": 1, "picked": 1, "shortfall": 0}},
-              "filters": {"persona": [hostile]}, "removed": {}, "conversations_in_table": 1,
-              "enrichment_versions": {"1": 1}, "condition": "none",
-              "lengths": {"chars": {"total": None}, "tokens": None}}
+    split = SplitSummary(path="/d/train.jsonl", rows=1, conversations=1, pairs=1,
+                         personas={hostile: 1}, emotional_arcs={"`a`": 1},
+                         training_topics={"t\\|x": 1})
+    report = ExportSummary(
+        format="chat", strip_metadata=False, splits={"train": split},
+        sampling=SamplingSummary(stratify_by=("persona",), per_stratum=None, balance=False,
+                                 seed=0, split_validation=None),
+        strata={hostile: Stratum(available=1, picked=1, shortfall=0)},
+        filters={"persona": [hostile]}, removed={}, conversations_in_table=1,
+        enrichment_versions={"1": 1}, condition="none",
+        chars=LengthStats(None, None, None), tokens=None)
     card = render_card(report, Path("/d/README.md"))
     assert not re.search(r"(?<!\\)<", card.split("---\n", 2)[2])
     assert not any(line.startswith("## Pwned") for line in card.splitlines())

@@ -31,7 +31,7 @@ Key = tuple[str, int]
 def export(engine: Engine, config: EnrichmentConfig, fmt: str, output: Path,
            **rules: bool) -> dict[str, Any]:
     options = ExportOptions(format=fmt, output=output, review=ReviewRules(**rules))
-    return run_export(engine, options, consultant_profile=config.consultant_profile)
+    return run_export(engine, options, consultant_profile=config.consultant_profile).as_dict()
 
 
 def assistant(document: dict[str, Any]) -> list[dict[str, Any]]:

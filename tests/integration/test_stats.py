@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import itertools
 import json
 import re
@@ -19,7 +20,7 @@ from tests.helpers import import_records
 from worker import synthetic
 from worker.config import EnrichmentConfig
 from worker.dataset.stats import collect
-from worker.dataset.stats_html import charts, render
+from worker.dataset.stats_html import Bar, BarChart, Heatmap, bar_svg, charts, heatmap_svg, render
 from worker.enrichment.enrich import ENRICHMENT_VERSION
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -105,6 +106,32 @@ def _browser() -> str | None:
     return next((path for name in BROWSERS if (path := shutil.which(name))), None)
 
 
+# Appended to a copy of the page only (the page has no script): Chromium lays the page out,
+# then this writes what it drew into the DOM that --dump-dom prints.
+MEASURE = """<script>
+var drawn = Array.prototype.map.call(document.querySelectorAll("figure.chart svg"),
+  function (svg) {
+    var box = svg.getBoundingClientRect();
+    var bars = Array.prototype.map.call(svg.querySelectorAll("rect"), function (rect) {
+      return Math.round(rect.getBoundingClientRect().width * 100) / 100;
+    });
+    return {width: box.width, height: box.height, rects: bars,
+            texts: svg.querySelectorAll("text").length};
+  });
+document.body.setAttribute("data-measured", JSON.stringify(drawn));
+</script>"""
+
+
+def _chromium(browser: str, page: Path, profile: Path) -> str:
+    result = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
 def test_html_page_is_self_contained_and_draws_its_charts_in_chromium(
         engine: Engine, tmp_path: Path, config: EnrichmentConfig) -> None:
     browser = _browser()
@@ -113,28 +140,54 @@ def test_html_page_is_self_contained_and_draws_its_charts_in_chromium(
     enriched(engine, tmp_path, config, count=20)
     stats = collect(engine)
     page = render(stats)
-    assert "<script src" not in page and "<link" not in page and "@import" not in page
+    assert "<script" not in page.lower()  # the charts are SVG in the page: no script at all
+    assert "<link" not in page and "@import" not in page
     assert not re.search(r"""(src|href)\s*=\s*["']?https?:""", page)
     path = tmp_path / "stats.html"
     path.write_text(page, encoding="utf-8")
 
-    result = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-         path.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    dom = result.stdout
+    dom = _chromium(browser, path, tmp_path / "profile")
     drawn = charts(stats)
-    expected_charts = len(drawn["bars"]) + (1 if drawn["heatmap"] else 0)
-    assert f'data-charts-drawn="{expected_charts}"' in dom
-    assert dom.count('<rect class="bar"') == sum(len(c["bars"]) for c in drawn["bars"])
-    heatmap = drawn["heatmap"]
+    assert drawn.count() == len(drawn.bars) + 1
+    assert f'data-charts="{drawn.count()}"' in dom
+    assert dom.count('<rect class="bar"') == sum(len(c.bars) for c in drawn.bars)
+    heatmap = drawn.heatmap
     assert heatmap is not None
-    assert dom.count('<rect class="cell"') == len(heatmap["rows"]) * len(heatmap["cols"])
-    assert dom.count("<svg") == expected_charts
+    assert dom.count('<rect class="cell"') == len(heatmap.rows) * len(heatmap.cols)
+    assert dom.count("<svg") == drawn.count()
+    assert dom.count("<title id=") == drawn.count()  # every chart has its accessible name
     # The page drew the stored numbers: the persona chart has a bar per persona key.
     personas = {params_key(d, "persona_key") or "(none)" for _, d in stored(engine)}
     for persona in personas:
         assert f">{persona}</text>" in dom
+
+    # Laid out by Chromium: every chart has a size, every bar and cell a non-zero width,
+    # the longest bar of a chart is the widest.
+    measured_page = tmp_path / "measured.html"
+    measured_page.write_text(page.replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    found = re.search(r'data-measured="([^"]*)"', _chromium(browser, measured_page,
+                                                             tmp_path / "profile2"))
+    assert found is not None
+    measured = json.loads(html.unescape(found.group(1)))
+    assert len(measured) == drawn.count()
+    for chart, box in zip(drawn.bars, measured, strict=False):
+        assert box["width"] > 0 and box["height"] > 0
+        assert len(box["rects"]) == len(chart.bars) and all(w > 0 for w in box["rects"])
+        values = [b.value for b in chart.bars]
+        if values and max(values) > 0:
+            assert box["rects"][values.index(max(values))] == max(box["rects"])
+        assert box["texts"] == 2 * len(chart.bars)
+    cells = measured[-1]["rects"]
+    assert len(cells) == len(heatmap.rows) * len(heatmap.cols) and all(w > 0 for w in cells)
+
+
+def test_html_page_escapes_keys_in_its_charts() -> None:
+    hostile = '<img src=x onerror="alert(1)">'
+    chart = BarChart("Conversations by persona", (Bar(hostile, 3, "avg quality 4.0"),))
+    svg = str(bar_svg(chart, "c"))
+    assert "<img" not in svg and svg.count("&lt;img src=x") == 3  # label, tooltip, desc
+    heat = Heatmap("t <b>", (hostile,), ('</svg>"', "x"), ((2, 0),))
+    svg = str(heatmap_svg(heat, "h"))
+    assert "<img" not in svg and "<b>" not in svg
+    assert svg.count("</svg>") == 1 and svg.endswith("</svg>")
+    assert not re.search(r'="[^"]*</svg', svg)  # nor in an attribute

@@ -151,7 +151,7 @@ def test_every_export_format_file_is_accepted(engine: Engine, tmp_path: Path,
         result = check_file(out)
         assert result.ok, result.as_json()
         assert sum(result.formats.values()) == result.lines == \
-            report["rows"] + (1 if fmt == "brightrun-v4" else 0)
+            report.rows + (1 if fmt == "brightrun-v4" else 0)
     # A stored pair that breaks the contract is caught in a brightrun-v4 file too.
     broken = tmp_path / "brightrun-v4-broken.jsonl"
     lines = (tmp_path / "brightrun-v4.jsonl").read_text(encoding="utf-8").splitlines()

@@ -24,11 +24,13 @@ from worker.enrichment.enrich import (
 )
 from worker.enrichment.models import (
     ConversationInputs,
+    DatasetMetadata,
     EmotionalArc,
     EnrichedDocument,
     PairReview,
     Persona,
     PromptTemplate,
+    QualityTier,
     TrainingTopic,
     content_sha256,
 )
@@ -173,6 +175,15 @@ def test_dataset_metadata(config: EnrichmentConfig) -> None:
                                              (2.49, "rejected"), (1.0, "rejected")])
 def test_quality_tier(score: float, tier: str) -> None:
     assert quality_tier(score) == tier
+    assert type(quality_tier(score)) is str  # the document keeps a plain string
+
+
+def test_quality_tier_names_are_the_contracts() -> None:
+    # The document model takes its tier names from the one enum.
+    assert DatasetMetadata.model_fields["quality_tier"].annotation is QualityTier
+    assert [t.value for t in QualityTier] == ["seed_dataset", "production", "experimental",
+                                              "rejected"]
+    assert [QualityTier.rank(t) for t in ("rejected", "seed_dataset", None, "x")] == [3, 0, 4, 4]
 
 
 @pytest.mark.parametrize(("score", "rounded", "criterion"), [

@@ -9,7 +9,8 @@ prompt it implies, enrichment versions), the dataset version, and
 recommended trainer settings. Data file paths are relative to the card, and
 a card that is not in (or above) its data files' folder is refused: a Hub
 repository cannot reach `../` paths. Everything comes from the export
-report: the same export gives the same card.
+report: the same export gives the same card. The prose is the template
+templates/card.md.j2; this module computes the escaped values and tables.
 
 Anything that comes from the data (persona, arc and topic keys, stratum
 labels, filter values, paths) is written through `_code`, so a hostile key
@@ -20,16 +21,20 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jinja2
 import yaml
 
 from worker.dataset.formats import CONDITION_LINES
 from worker.dataset.versions import reenrich_version
+from worker.enrichment.models import QualityTier
 
 if TYPE_CHECKING:
     from worker.dataset.export import ExportOptions
+    from worker.dataset.export_report import ExportSummary, SamplingSummary, SplitSummary
 
 FORMAT_NOTES = {
     "chat": "one row per conversation: `messages` (system, then alternating user and "
@@ -94,227 +99,137 @@ def _code(value: Any) -> str:
     return f"`{flat}`"
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     # A pipe inside a cell would end it (stratum labels hold pipes): escape it, unless
     # `_text` did already.
     lines += ["| " + " | ".join(_UNESCAPED_PIPE.sub(r"\\|", str(v)) for v in row) + " |"
               for row in rows]
-    return lines
+    return "\n".join(lines)
 
 
-def _composition(report: dict[str, Any], key: str, title: str) -> list[str]:
-    splits = report["splits"]
-    names = sorted({name for split in splits.values() for name in split[key]})
-    rows = [[_code(name), *(splits[s][key].get(name, 0) for s in splits)] for name in names]
-    return [f"### {title}", "", *_table([title.lower(), *splits], rows), ""]
+def _composition(report: ExportSummary, counts: Callable[[SplitSummary], dict[str, int]],
+                 title: str) -> tuple[str, str]:
+    splits = report.splits
+    names = sorted({name for split in splits.values() for name in counts(split)})
+    rows = [[_code(name), *(counts(split).get(name, 0) for split in splits.values())]
+            for name in names]
+    return title, _table([title.lower(), *splits], rows)
 
 
-def _header(report: dict[str, Any], card_path: Path) -> dict[str, Any]:
-    splits = report["splits"]
-    hub = report.get("hub")
+def _header(report: ExportSummary, card_path: Path) -> dict[str, Any]:
+    hub = report.hub
     header: dict[str, Any] = {
         "configs": [{"config_name": "default", "data_files": [
-            {"split": name, "path": _relative(split["path"], card_path)}
-            for name, split in splits.items()]}],
+            {"split": name, "path": _relative(split.path, card_path)}
+            for name, split in report.splits.items()]}],
     }
     if hub is not None:
         from worker.dataset.hub import dataset_info_yaml
 
         header["dataset_info"] = dataset_info_yaml(hub)
     header.update({
-        "license": hub["license"] if hub is not None else "other",
+        "license": hub.license if hub is not None else "other",
         "language": ["en"],
         "task_categories": ["text-generation"],
         "tags": ["conversational", "sft", "lora", "synthetic", "reenrich",
-                 f"format-{report['format']}"],
-        "size_categories": [size_category(report["rows"])],
+                 f"format-{report.format}"],
+        "size_categories": [size_category(report.rows)],
         "pretty_name": _title(report),
     })
     return header
 
 
-def _title(report: dict[str, Any]) -> str:
-    version = report.get("dataset_version")
-    if version is not None:
-        return str(version["name"])
-    return Path(report["splits"]["train"]["path"]).stem
+def _title(report: ExportSummary) -> str:
+    if report.dataset_version is not None:
+        return report.dataset_version.name
+    return Path(report.splits["train"].path).stem
 
 
-def render_card(report: dict[str, Any], card_path: Path) -> str:
-    header = _header(report, card_path)
-    # safe_dump quotes anything that could end the header or start a YAML construct.
-    lines = ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip(), "---",
-             "", f"# {_text(_title(report))}", "",
-             f"Format `{report['format']}`: {FORMAT_NOTES[report['format']]}", ""]
-    lines += _columns_note(report)
-    lines += _composition_section(report)
-    lines += _made_section(report)
-    lines += _lengths_section(report)
-    lines += _version_section(report)
-    lines += _training_section(report)
-    return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def _columns_note(report: dict[str, Any]) -> list[str]:
-    fmt = report["format"]
+def _columns_note(report: ExportSummary) -> str:
+    fmt = report.format
     if fmt in ("chat", "prompt-completion"):
-        meta = "left out (`--strip-metadata`)" if report["strip_metadata"] else (
+        meta = "left out (`--strip-metadata`)" if report.strip_metadata else (
             "top-level columns beside the messages: conversation_id, persona_archetype, "
             "emotional_arc_key, training_topic_key, quality_score, quality_tier"
             + (", turn_number" if fmt == "prompt-completion" else ""))
-        return [f"Metadata: {meta}.", ""]
-    if fmt == "brightrun-v4" and report.get("meta"):
-        return ["**The first line is a `_meta` line** (`{\"_meta\": {file_name, total_pairs, "
+        return f"Metadata: {meta}."
+    if fmt == "brightrun-v4" and report.meta:
+        return ("**The first line is a `_meta` line** (`{\"_meta\": {file_name, total_pairs, "
                 "version}}`), not a training pair: a loader that reads every line (such as "
                 "`datasets.load_dataset`) makes it an extra row. Skip it "
-                "(`dataset.select(range(1, len(dataset)))`) or export without `--meta`.", ""]
-    return []
+                "(`dataset.select(range(1, len(dataset)))`) or export without `--meta`.")
+    return ""
 
 
-def _composition_section(report: dict[str, Any]) -> list[str]:
-    splits = report["splits"]
-    lines = ["## Composition", ""]
-    lines += _table(["split", "rows", "conversations", "assistant pairs"],
-                    [[name, s["rows"], s["conversations"], s["pairs"]]
-                     for name, s in splits.items()])
-    lines.append("")
-    lines += _composition(report, "personas", "Persona")
-    lines += _composition(report, "emotional_arcs", "Emotional arc")
-    lines += _composition(report, "training_topics", "Training topic")
-    if report["sampling"]["stratify_by"]:
-        lines += [f"### Strata ({', '.join(report['sampling']['stratify_by'])})", ""]
-        lines += _table(["stratum", "available", "picked", "shortfall", "train rows",
-                         "validation rows"],
-                        [[_code(label), s.get("available", ""), s.get("picked", ""),
-                          s.get("shortfall", 0), s.get("train_rows", 0),
-                          s.get("validation_rows", 0)]
-                         for label, s in report["strata"].items()])
-        lines.append("")
-    return lines
+def _strata_table(report: ExportSummary) -> str:
+    if not report.sampling.stratify_by:
+        return ""
+
+    def known(value: int | None) -> int | str:
+        return "" if value is None else value
+
+    return _table(["stratum", "available", "picked", "shortfall", "train rows",
+                   "validation rows"],
+                  [[_code(label), known(s.available), known(s.picked), s.shortfall or 0,
+                    s.train_rows or 0, s.validation_rows or 0]
+                   for label, s in report.strata.items()])
 
 
-def _options_line(title: str, values: dict[str, Any] | None) -> str:
+def _options_line(title: str, values: Mapping[str, Any] | None) -> str:
     shown = ", ".join(_code(f"{k}={v}") for k, v in (values or {}).items())
     return f"- {title}: {shown or 'none'}."
 
 
-def _made_section(report: dict[str, Any]) -> list[str]:
-    sampling, version = report["sampling"], report.get("dataset_version") or {}
-    lines = ["## How it was made", "",
-             f"- Source: the stored enriched documents of a reenrich database "
-             f"(reenrich {_text(reenrich_version())}), contract version "
-             f"{version.get('contract_version', 'unknown')}; enrichment versions: "
-             + (", ".join(f"{_text(v)} ({n} conversations)"
-                          for v, n in report["enrichment_versions"].items()) or "none") + ".",
-             _options_line("Filters", report["filters"]),
-             "- Left out: " + (", ".join(f"{_text(k)} {v}" for k, v in report["removed"].items())
-                                or "nothing") + f" (of {report['conversations_in_table']} "
-             "conversations considered)."
-             + (" Quality tier `rejected` is left out unless the export keeps it "
-                "(`--include-rejected-tier`)." if "include_rejected_tier"
-                not in report["filters"] else ""),
-             "- Sampling (by conversation): "
-             + (f"stratified by {', '.join(sampling['stratify_by'])}; "
-                if sampling["stratify_by"] else "")
-             + (f"{sampling['per_stratum']} per stratum; " if sampling["per_stratum"] else "")
-             + ("balanced to the smallest stratum; " if sampling["balance"] else "")
-             + (f"validation split {sampling['split_validation']} per stratum; "
-                if sampling["split_validation"] else "")
-             + f"seed {sampling['seed']} (a conversation's pick depends only on the seed "
-             "and its id).",
-             _options_line("Dedup", report.get("dedup")),
-             _options_line("Review filters", report.get("review", {}).get("rules")),
-             f"- Conditioning: `{report['condition']}`."]
-    if report["condition"] == "system":
-        template = "\n".join(f"{label}: <{key}>" for label, key in CONDITION_LINES)
-        lines += ["", "The system message ends with the conversation's scaffolding; prompt "
-                  "the trained model the same way at inference (leave out a line whose value "
-                  "is unknown):", "", "```", "<system prompt>", "", template, "```", "",
-                  "where `persona_archetype` is the persona key (e.g. `pragmatic_optimist`), "
-                  "`emotional_arc` the arc's name (e.g. `Fear → Confidence`) and "
-                  "`training_topic` the topic's name (e.g. `Roth Conversion Ladder`), as the "
-                  "pairs' conversation_metadata holds them."]
-    return [*lines, ""]
+def _sampling(sampling: SamplingSummary) -> str:
+    """The sampling line's options before its seed, each ending in "; "."""
+    return ((f"stratified by {', '.join(sampling.stratify_by)}; "
+             if sampling.stratify_by else "")
+            + (f"{sampling.per_stratum} per stratum; " if sampling.per_stratum else "")
+            + ("balanced to the smallest stratum; " if sampling.balance else "")
+            + (f"validation split {sampling.split_validation} per stratum; "
+               if sampling.split_validation else ""))
 
 
-def _lengths_section(report: dict[str, Any]) -> list[str]:
-    chars = report["lengths"]["chars"]
-    if not chars["total"]:
-        return []
-    lines = ["## Lengths", ""]
-    rows = [[f"characters, {part}", *(chars[part][k] for k in ("min", "median", "p95", "max"))]
-            for part in ("prompt", "completion", "total") if chars[part]]
-    tokens = report["lengths"]["tokens"]
-    if tokens and tokens["total"]:
-        rows += [[f"tokens, {part}", *(tokens[part][k] for k in ("min", "median", "p95", "max"))]
-                 for part in ("prompt", "completion", "total") if tokens[part]]
-    lines += _table(["", "min", "median", "p95", "max"], rows)
-    lines.append("")
-    if report.get("tokenizer"):
-        line = (f"Tokens counted with the tokenizer {_code(Path(report['tokenizer']).name)} "
-                "(message contents only, without a chat template's special tokens).")
-        if report.get("max_tokens"):
-            line += (f" Limit {report['max_tokens']} tokens: {report['rows_over_max_tokens']} "
-                     "rows over it, ")
-            line += (f"{report['rows_dropped_over_max_tokens']} of them dropped from the files "
-                     "(the lengths above are those of the rows kept)."
-                     if report["rows_dropped_over_max_tokens"] else "none dropped.")
-        lines += [line, ""]
-    return lines
+def _lengths_table(report: ExportSummary) -> str:
+    if report.chars.total is None:
+        return ""
+    rows = [[f"characters, {part}", v.min, v.median, v.p95, v.max]
+            for part, v in report.chars.parts()]
+    tokens = report.tokens
+    if tokens is not None and tokens.total is not None:
+        rows += [[f"tokens, {part}", v.min, v.median, v.p95, v.max]
+                 for part, v in tokens.parts()]
+    return _table(["", "min", "median", "p95", "max"], rows)
 
 
-def _version_section(report: dict[str, Any]) -> list[str]:
-    version = report.get("dataset_version")
-    if version is None:
-        return []
-    lines = ["## Dataset version", "",
-             f"Dataset version {_code(version['name'])}: {version['members']} conversations, "
-             "recorded in the reenrich database with each file's SHA-256 and each "
-             "conversation's split and document hash. `reenrich datasets show "
-             f"{version['name']}` lists them, `reenrich datasets verify {version['name']} "
-             "DIR` checks these files against it, and `reenrich export --from-version "
-             f"{version['name']}` rebuilds the same members from the current documents."]
-    source = report.get("from_version")
-    if source:
-        lines += ["", f"Rebuilt from dataset version {_code(source['name'])} "
-                      f"({source['members']} members): {len(source['changed'])} documents "
-                      f"changed since, {len(source['missing'])} conversations no longer exist, "
-                      f"{len(source['not_enriched'])} not enriched now."]
-    return [*lines, ""]
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("worker.dataset", "templates"),
+    autoescape=False,  # Markdown: values are escaped by the `code` and `text` filters
+    undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    keep_trailing_newline=True)
+_TEMPLATES.filters.update(code=_code, text=_text)
 
 
-def _sequence_advice(report: dict[str, Any]) -> str:
-    sequence = report.get("sequence_length")
-    if not sequence:
-        chars = report["lengths"]["chars"]["total"]
-        longest = f" (rows run up to {chars['max']} characters)" if chars else ""
-        return ("- Sequence length: no tokenizer was given to the export" + longest + "; "
-                "export with `--tokenizer PATH` (the base model's tokenizer.json) to get "
-                "token lengths and a recommendation. TRL's default `max_length=1024` and "
-                "Axolotl's default `sequence_len: 512` are likely too short for these rows.")
-    return (f"- Sequence length: rows run to {sequence['max_tokens']} tokens, p95 "
-            f"{sequence['p95_tokens']}. Use `max_length={sequence['recommended']}` (TRL) / "
-            f"`sequence_len: {sequence['recommended']}` (Axolotl), which covers the p95 row "
-            f"with room for the chat template ({sequence['rows_longer']} rows longer), or "
-            f"{sequence['covers_every_row']} to cover every row. TRL's default "
-            "`max_length=1024` truncates longer rows (and drops prompt-completion rows whose "
-            "prompt fills it); Axolotl's default `sequence_len: 512` drops longer rows.")
-
-
-def _training_section(report: dict[str, Any]) -> list[str]:
-    fmt = report["format"]
-    if fmt not in ("chat", "prompt-completion"):
-        return []
-    loss = ("- Loss on assistant turns only: `assistant_only_loss=True` in TRL's `SFTConfig` "
-            "(it needs a chat template with `{% generation %}` markers; without them use the "
-            "prompt-completion export), `roles_to_train: [\"assistant\"]` in Axolotl. With "
-            "TRL's defaults a chat row also trains on the system and user tokens."
-            if fmt == "chat" else
-            "- Loss on the completion only: TRL's default for prompt-completion rows "
-            "(`completion_only_loss`); keep it on.")
-    lines = ["## Recommended trainer settings", "", loss, _sequence_advice(report)]
-    if "validation" in report["splits"]:
-        lines.append("- Evaluation split: `validation` (`trl sft --dataset_test_split "
-                     "validation`, or `eval_dataset=dataset[\"validation\"]`).")
-    return [*lines, ""]
+def render_card(report: ExportSummary, card_path: Path) -> str:
+    # safe_dump quotes anything that could end the header or start a YAML construct.
+    header = yaml.safe_dump(_header(report, card_path), sort_keys=False, allow_unicode=True)
+    compositions = [_composition(report, lambda s: s.personas, "Persona"),
+                    _composition(report, lambda s: s.emotional_arcs, "Emotional arc"),
+                    _composition(report, lambda s: s.training_topics, "Training topic")]
+    text = _TEMPLATES.get_template("card.md.j2").render(
+        r=report, yaml_header=header.rstrip(), title=_title(report),
+        format_note=FORMAT_NOTES[report.format], columns_note=_columns_note(report),
+        split_table=_table(["split", "rows", "conversations", "assistant pairs"],
+                           [[name, s.rows, s.conversations, s.pairs]
+                            for name, s in report.splits.items()]),
+        compositions=compositions, strata_table=_strata_table(report),
+        reenrich_version=reenrich_version(),
+        enrichment_versions=", ".join(f"{_text(v)} ({n} conversations)"
+                                      for v, n in report.enrichment_versions.items()),
+        removed=", ".join(f"{_text(k)} {v}" for k, v in report.removed.items()),
+        rejected_tier=QualityTier.REJECTED.value, sampling=_sampling(report.sampling),
+        options_line=_options_line, condition_lines=CONDITION_LINES,
+        lengths_table=_lengths_table(report),
+        tokenizer_name=Path(report.tokenizer).name if report.tokenizer else "")
+    return text.rstrip("\n") + "\n"

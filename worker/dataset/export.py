@@ -43,8 +43,12 @@ from sqlalchemy import Engine
 from worker.dataset import formats, hub, review_rules, versions
 from worker.dataset.dedup_export import NEAR_DUPLICATE, ExportClusters
 from worker.dataset.export_report import (
+    DatasetVersionInfo,
     ExportReport,
+    ExportSummary,
+    FromVersion,
     Lengths,
+    SamplingSummary,
     SplitTally,
     TokenCounter,
     TokenizerError,
@@ -209,12 +213,6 @@ class ExportOptions:
         for flag, path in paths.items():
             if path is not None:
                 check_writable(path, flag)
-
-    def sampling_json(self) -> dict[str, Any]:
-        spec = self.sampling
-        return {"stratify_by": list(spec.stratify_by), "per_stratum": spec.per_stratum,
-                "balance": spec.balance, "seed": spec.seed,
-                "split_validation": spec.validation_fraction}
 
 
 # ---------------------------------------------------------------- the sinks
@@ -447,7 +445,7 @@ class _Run:
         self.report = ExportReport(
             format=options.format, condition=options.condition,
             strip_metadata=options.strip_metadata, filters=options.filters.as_json(),
-            sampling=options.sampling_json(),
+            sampling=SamplingSummary.of(options.sampling),
             tokens=Lengths() if counter is not None else None,
             tokenizer=str(options.tokenizer) if options.tokenizer else None,
             max_tokens=options.max_tokens, review_rules=options.review.as_json())
@@ -613,16 +611,16 @@ def _write_files(engine: Engine, run: _Run, consultant_profile: dict[str, Any],
 
 
 def _source_report(run: _Run, source: Source,
-                   states: dict[db_versions.MemberState, list[uuid.UUID]]) -> dict[str, Any]:
+                   states: dict[db_versions.MemberState, list[uuid.UUID]]) -> FromVersion:
     State = db_versions.MemberState
     run.report.conversations_in_table = len(source.members)
     run.report.removed["not_enriched"] += len(states[State.NOT_ENRICHED])
     run.report.removed["member_missing"] += len(states[State.MISSING])
-    return {"name": source.version.name, "members": len(source.members),
-            "written": len(run.written),
-            "changed": [str(c) for c in states[State.CHANGED]],
-            "missing": [str(c) for c in states[State.MISSING]],
-            "not_enriched": [str(c) for c in states[State.NOT_ENRICHED]]}
+    return FromVersion(name=source.version.name, members=len(source.members),
+                       written=len(run.written),
+                       changed=tuple(str(c) for c in states[State.CHANGED]),
+                       missing=tuple(str(c) for c in states[State.MISSING]),
+                       not_enriched=tuple(str(c) for c in states[State.NOT_ENRICHED]))
 
 
 def _write_card(text_: str, path: Path) -> None:
@@ -644,9 +642,9 @@ def _files(options: ExportOptions, sinks: dict[str, Sink],
 
 def run_export(engine: Engine, options: ExportOptions, *,
                consultant_profile: dict[str, Any], card_path: Path | None = None,
-               name: str | None = None, source: Source | None = None) -> dict[str, Any]:
+               name: str | None = None, source: Source | None = None) -> ExportSummary:
     """Write the export (its validation file, its card), record it as a dataset version;
-    the report as a JSON-ready dict."""
+    the report (`as_dict()`: its JSON)."""
     from worker.dataset.card import check_card_place, render_card
 
     options.check()
@@ -658,37 +656,34 @@ def run_export(engine: Engine, options: ExportOptions, *,
     sinks, hashes, states = _write_files(engine, run, consultant_profile, source)
     from_version = _source_report(run, source, states) if source is not None else None
     _warn_empty_validation(run.report)
-    report = run.report.as_json()
-    report["dedup"] = run.clusters.report(options.dedup)
-    report["meta"] = options.meta
-    report["from_version"] = from_version
-    report["dataset_version"] = {"name": name, "members": len(run.written),
-                                 "contract_version": ENRICHMENT_VERSION}
+    dedup = run.clusters.report(options.dedup)
     cards = [card_path] if card_path is not None else []
+    split_info = None
     if options.hub is not None:
         parquet = {k: v for k, v in sinks.items() if isinstance(v, hub.ParquetSink)}
         hub.remove_stale_shards(options.hub, [p for s in parquet.values() for p in s.shards])
-        report["hub"] = hub.split_info(parquet, options.license or "other")
+        split_info = hub.split_info(parquet, options.license or "other")
         cards = [options.hub / "README.md"]
+    report = run.report.finish(
+        dedup=dedup, meta=options.meta, from_version=from_version, hub=split_info,
+        dataset_version=DatasetVersionInfo(name, len(run.written), ENRICHMENT_VERSION))
     for card in cards:
         _write_card(render_card(report, card), card)
     files = _files(options, sinks, cards)
     _record(engine, options, report, name, files, [
         (cid, split, hashes.get(cid)) for cid, split in run.written], source)
-    report["dataset_version"]["files"] = [
-        {"name": f.name, "path": f.path, "split": f.split, "size_bytes": f.size_bytes,
-         "sha256": f.sha256} for f in files]
+    report = report.with_files(files)
     log.info("export.done", format=options.format, output=str(options.output or options.hub),
-             rows=report["rows"], conversations=report["conversations"], pairs=report["pairs"],
+             rows=report.rows, conversations=report.conversations, pairs=report.pairs,
              dataset_version=name)
     return report
 
 
-def _record(engine: Engine, options: ExportOptions, report: dict[str, Any], name: str,
+def _record(engine: Engine, options: ExportOptions, report: ExportSummary, name: str,
             files: list[versions.FileRecord], members: list[tuple[uuid.UUID, str, str | None]],
             source: Source | None) -> None:
-    splits = [db_versions.SplitCounts(split, s["rows"], s["conversations"], s["pairs"])
-              for split, s in report["splits"].items()]
+    splits = [db_versions.SplitCounts(split, s.rows, s.conversations, s.pairs)
+              for split, s in report.splits.items()]
     record = db_versions.NewVersion(
         name=name, format=options.format, contract_version=ENRICHMENT_VERSION,
         options=versions.to_json(options), reenrich_version=versions.reenrich_version(),
@@ -736,7 +731,7 @@ def _nothing_selected(report: ExportReport) -> str:
     if total == 0:
         return ("nothing to export: the database has no conversations (import some with "
                 "`reenrich import FILE`); no file was written (--allow-empty writes an empty one)")
-    removed = report.as_json()["removed"]
+    removed = report.removed_in_order()
     reasons = ", ".join(f"{reason} {count}" + (f" ({REMOVAL_HINTS[reason]})"
                                                 if reason in REMOVAL_HINTS else "")
                         for reason, count in removed.items())
@@ -769,6 +764,7 @@ def export_command(engine: Engine, options: ExportOptions, *, consultant_profile
                         card_path=card_path, name=name, source=source)
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        report_path.write_bytes(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2)
+                                + b"\n")
     print_short(report, out)
     return 0

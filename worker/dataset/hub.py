@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,22 +207,52 @@ def remove_stale_shards(directory: Path, keep: list[Path]) -> list[Path]:
     return stale
 
 
-def split_info(sinks: dict[str, ParquetSink], license_id: str) -> dict[str, Any]:
-    """What the card's YAML says about the Parquet files (`report["hub"]`)."""
+@dataclass(frozen=True)
+class HubSplit:
+    num_examples: int
+    num_bytes: int
+    shards: tuple[str, ...]
+    download_size: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"num_examples": self.num_examples, "num_bytes": self.num_bytes,
+                "shards": list(self.shards), "download_size": self.download_size}
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """What the card's YAML says about the Parquet files (the report's `hub`)."""
+
+    directory: str
+    license: str
+    features: list[dict[str, Any]]
+    splits: dict[str, HubSplit]
+    compression: str
+    download_size: int
+    dataset_size: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"directory": self.directory, "license": self.license,
+                "features": self.features,
+                "splits": {name: s.as_dict() for name, s in self.splits.items()},
+                "compression": self.compression, "download_size": self.download_size,
+                "dataset_size": self.dataset_size}
+
+
+def split_info(sinks: dict[str, ParquetSink], license_id: str) -> SplitInfo:
     first = next(iter(sinks.values()))
-    splits = {name: {"num_examples": sink.rows, "num_bytes": sink.num_bytes,
-                     "shards": [p.name for p in sink.shards],
-                     "download_size": sum(p.stat().st_size for p in sink.shards)}
+    splits = {name: HubSplit(num_examples=sink.rows, num_bytes=sink.num_bytes,
+                             shards=tuple(p.name for p in sink.shards),
+                             download_size=sum(p.stat().st_size for p in sink.shards))
               for name, sink in sinks.items()}
-    return {"directory": str(first.data.parent), "license": license_id,
-            "features": features(first.schema), "splits": splits,
-            "compression": COMPRESSION, "download_size": sum(
-                s["download_size"] for s in splits.values()),
-            "dataset_size": sum(s["num_bytes"] for s in splits.values())}
+    return SplitInfo(directory=str(first.data.parent), license=license_id,
+                     features=features(first.schema), splits=splits, compression=COMPRESSION,
+                     download_size=sum(s.download_size for s in splits.values()),
+                     dataset_size=sum(s.num_bytes for s in splits.values()))
 
 
-def dataset_info_yaml(hub: dict[str, Any]) -> dict[str, Any]:
-    return {"features": hub["features"],
-            "splits": [{"name": name, "num_bytes": s["num_bytes"],
-                        "num_examples": s["num_examples"]} for name, s in hub["splits"].items()],
-            "download_size": hub["download_size"], "dataset_size": hub["dataset_size"]}
+def dataset_info_yaml(hub: SplitInfo) -> dict[str, Any]:
+    return {"features": hub.features,
+            "splits": [{"name": name, "num_bytes": s.num_bytes, "num_examples": s.num_examples}
+                       for name, s in hub.splits.items()],
+            "download_size": hub.download_size, "dataset_size": hub.dataset_size}

@@ -28,8 +28,8 @@ from worker.enrichment.models import QualityTier
 STREAM_BATCH = 100  # documents per fetch (~50 kB each)
 SELECTION_BATCH = 5000
 
-QUALITY_TIERS = tuple(QualityTier)
-REJECTED_TIER = QualityTier.REJECTED
+QUALITY_TIERS = tuple(tier.value for tier in QualityTier)  # best first
+REJECTED_TIER = QualityTier.REJECTED.value
 DEFAULT_QUALITY_SCORE = 3.0  # the contract's score for a row without one
 
 
@@ -63,6 +63,7 @@ class DatasetFilters:
             "exclude_failed": self.exclude_failed,
             "exclude_rejected_tier": not self.include_rejected_tier
                                      and REJECTED_TIER not in self.tiers,
+            "rejected_tier": REJECTED_TIER,
             "default_score": DEFAULT_QUALITY_SCORE,
         }
 
@@ -131,7 +132,8 @@ CASE
        THEN 'missing_scaffolding'
   WHEN CAST(:tiers AS text[]) IS NOT NULL
        AND NOT COALESCE(s.tier = ANY(CAST(:tiers AS text[])), false) THEN 'tier'
-  WHEN CAST(:exclude_rejected_tier AS boolean) AND s.tier = 'rejected' THEN 'rejected_tier'
+  WHEN CAST(:exclude_rejected_tier AS boolean) AND s.tier = CAST(:rejected_tier AS text)
+       THEN 'rejected_tier'
   WHEN CAST(:min_quality AS double precision) IS NOT NULL
        AND s.quality < CAST(:min_quality AS double precision) THEN 'min_quality'
   WHEN CAST(:exclude_failed AS boolean) AND s.open_failure THEN 'failed'
@@ -320,17 +322,64 @@ ORDER BY 1, 2
 """)
 
 
-def composition(conn: Connection) -> list[dict[str, Any]]:
-    return [dict(row._mapping) for row in conn.execute(
-        COMPOSITION_SQL, {"default_score": DEFAULT_QUALITY_SCORE})]
+@dataclass(frozen=True, slots=True)
+class CompositionRow:
+    """One crossing of COMPOSITION_SQL; `g` is its GROUPING() bits."""
+
+    persona: str | None
+    arc: str | None
+    topic: str | None
+    g: int
+    conversations: int
+    pairs: int
+    assistant_pairs: int
+    avg_quality: float | None
+
+    def key(self, dimension: str) -> str | None:
+        """The row's persona, arc or topic key (None: null, or rolled up)."""
+        keys = {"persona": self.persona, "arc": self.arc, "topic": self.topic}
+        return keys[dimension]
 
 
-def overview(conn: Connection) -> dict[str, Any]:
-    return dict(conn.execute(OVERVIEW_SQL).one()._mapping)
+@dataclass(frozen=True, slots=True)
+class Overview:
+    conversations: int
+    enriched: int
+    legacy: int  # parsed_json without input_parameters
+    no_reference: int  # no persona, arc or topic reference
+    status_failed: int
+    status_pending: int
 
 
-def scaffolding_coverage(conn: Connection) -> dict[str, Any]:
-    return dict(conn.execute(SCAFFOLDING_SQL).one()._mapping)
+@dataclass(frozen=True, slots=True)
+class ScaffoldingCoverage:
+    """Enriched documents by how much of persona, arc and topic they carry."""
+
+    no_scaffolding: int
+    partial: int
+    complete: int
+
+
+def composition(conn: Connection) -> list[CompositionRow]:
+    return [CompositionRow(
+        persona=row.persona, arc=row.arc, topic=row.topic, g=int(row.g),
+        conversations=int(row.conversations), pairs=int(row.pairs or 0),
+        assistant_pairs=int(row.assistant_pairs or 0),
+        avg_quality=float(row.avg_quality) if row.avg_quality is not None else None)
+        for row in conn.execute(COMPOSITION_SQL, {"default_score": DEFAULT_QUALITY_SCORE})]
+
+
+def overview(conn: Connection) -> Overview:
+    row = conn.execute(OVERVIEW_SQL).one()
+    return Overview(conversations=int(row.conversations), enriched=int(row.enriched),
+                    legacy=int(row.legacy), no_reference=int(row.no_reference),
+                    status_failed=int(row.status_failed), status_pending=int(row.status_pending))
+
+
+def scaffolding_coverage(conn: Connection) -> ScaffoldingCoverage:
+    row = conn.execute(SCAFFOLDING_SQL).one()
+    return ScaffoldingCoverage(no_scaffolding=int(row.no_scaffolding), partial=int(row.partial),
+                               complete=int(row.complete))
 
 
 def tier_counts(conn: Connection) -> dict[str | None, int]:

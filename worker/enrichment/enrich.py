@@ -84,14 +84,15 @@ def round_half_up(value: float, places: int = 0) -> Decimal:
     return Decimal(str(value)).quantize(exponent, rounding=ROUND_HALF_UP)
 
 
-def quality_tier(score: float) -> QualityTier:
+def quality_tier(score: float) -> str:
+    # The plain value: the document holds a str, as it always had.
     if score >= 4.5:
-        return QualityTier.SEED_DATASET
+        return QualityTier.SEED_DATASET.value
     if score >= 3.5:
-        return QualityTier.PRODUCTION
+        return QualityTier.PRODUCTION.value
     if score >= 2.5:
-        return QualityTier.EXPERIMENTAL
-    return QualityTier.REJECTED
+        return QualityTier.EXPERIMENTAL.value
+    return QualityTier.REJECTED.value
 
 
 @functools.lru_cache(maxsize=4096)

@@ -31,6 +31,12 @@ class QualityTier(StrEnum):
     EXPERIMENTAL = "experimental"
     REJECTED = "rejected"
 
+    @classmethod
+    def rank(cls, name: str | None) -> int:
+        """Best first; a name that is no tier (or null) after every tier."""
+        names = [tier.value for tier in cls]
+        return names.index(name) if name in names else len(names)
+
 
 # ---------------------------------------------------------- scaffolding rows
 
