@@ -1,8 +1,4 @@
-"""`reenrich dedup`: near-duplicate clusters (MinHash + LSH), their summary, `--show`.
-
-`print_details` is also the near-duplicate part of `reenrich stats`
-(worker.dataset.dedup_stats prints it).
-"""
+"""`reenrich dedup`: near-duplicate clusters (MinHash + LSH), their summary, `--show`."""
 
 from __future__ import annotations
 
@@ -14,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from worker.cli.args import Subparsers, add_command
 from worker.cli.context import CommandError
-from worker.cli.output import Out, label, write
+from worker.cli.output import Out, write
 from worker.errors import EXIT_USAGE, ReenrichError, UsageError
 
 if TYPE_CHECKING:
@@ -141,27 +137,9 @@ def print_summary(s: dict[str, Any], out: Out) -> None:
         f"duplicates (not representatives) {s['duplicates']}, duplicate rate "
         f"{100 * s['duplicate_rate']:.2f}% (threshold {s['threshold']}, scope {s['scope']})")
     out(f"clusters across persona × arc × topic cells: {s['cross_cell_clusters']}")
+    from worker.dataset.dedup_stats import print_details
+
     print_details(s, out)
     out(f"seconds: {', '.join(f'{k} {v}' for k, v in s['seconds'].items())}")
 
 
-def print_details(s: dict[str, Any], out: Out) -> None:
-    """Cells, largest clusters and repeated responses (the summary's and stats' lines)."""
-    cells = [c for c in s["duplicate_rates"]["cell"] if c["duplicates"]]
-    if cells:
-        out("cells with the highest duplicate rate:")
-        for c in cells:
-            out(f"  {label(c['persona'])}|{label(c['arc'])}|{label(c['topic'])}: "
-                f"{c['duplicates']} of {c['conversations']} ({100 * c['duplicate_rate']:.1f}%)")
-    if s["largest_clusters"]:
-        out("largest clusters:")
-        for c in s["largest_clusters"]:
-            more = " …" if c["size"] > len(c["sample"]) else ""
-            out(f"  {c['cluster_id']} size {c['size']} (representative {c['representative']}):"
-                f" {' '.join(c['sample'])}{more}")
-    repeated = s["repeated_responses"]
-    out(f"repeated assistant responses: {repeated['responses']} responses found in more than "
-        f"one conversation ({repeated['occurrences']} occurrences, "
-        f"{repeated['conversations']} conversations)")
-    for r in repeated["top"]:
-        out(f"  {r['conversations']}x {r['preview']!r}")

@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-Out = Callable[[str], None]
+from worker.dataset.text import Out as Out  # the one alias: re-exported for the commands
+
 """Prints one line of text (without its newline)."""
 
-NONE_LABEL = "(none)"  # a missing persona, arc or topic key, as stats prints it
 
 Row = TypeVar("Row")
 
@@ -54,11 +54,6 @@ def clip(text: str, width: int) -> str:
     if width < 1:
         return ""
     return text if len(text) <= width else text[:max(0, width - 1)] + "…"
-
-
-def label(value: Any) -> str:
-    """A scaffolding key, or (none) when a conversation has none."""
-    return NONE_LABEL if value is None else str(value)
 
 
 def terminal_width() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,9 +12,13 @@ from typing import Any
 from sqlalchemy import Connection
 
 from worker.dataset.sampling import STRATUM_FIELDS
+from worker.dataset.text import Out, label
+from worker.db import dedup as db_dedup
 
-Out = Callable[[str], None]
 CELLS_LISTED = 10  # cells named in the text output (JSON lists them all)
+LARGEST = 10  # clusters listed in the summary
+SAMPLE = 5  # ids shown per cluster in the summary
+TOP_RESPONSES = 10
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,7 @@ class DuplicateRate:
         return cls(keys=keys, **{k: v for k, v in row.items() if k not in keys})
 
     def label(self, level: str) -> str:
-        key = self.keys[level]
-        return "(none)" if key is None else key
+        return label(self.keys[level])
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.keys, "conversations": self.conversations,
@@ -146,20 +150,15 @@ def _summary(found: Mapping[str, Any], run: Mapping[str, Any]) -> DedupSummary:
 
 def collect(conn: Connection) -> DedupSummary | None:
     """What the last `reenrich dedup` found, or None when it never ran."""
-    from worker.db import dedup as db
-    from worker.jobs.dedup import report
-
-    if not db.has_tables(conn):
+    if not db_dedup.has_tables(conn):
         return None
-    run = db.last_run(conn)
+    run = db_dedup.last_run(conn)
     if run is None:
         return None
     return _summary(report(conn), run)
 
 
 def print_text(found: DedupSummary | None, out: Out) -> None:
-    from worker.cli.dedup import print_details
-
     out("")
     if found is None:
         out("near-duplicates: not computed (run `reenrich dedup`)")
@@ -174,7 +173,7 @@ def print_text(found: DedupSummary | None, out: Out) -> None:
     for level in STRATUM_FIELDS:
         out(f"  duplicate rate by {level}: " + ", ".join(
             f"{r.label(level)} {100 * r.duplicate_rate:.1f}%" for r in rates.level(level)))
-    # print_details (worker.cli.dedup) reads the JSON form; it lists the first cells only.
+    # print_details reads the JSON form; it lists the first cells only.
     listed = dataclasses.replace(rates, cell=rates.cell[:CELLS_LISTED])
     print_details(dataclasses.replace(found, duplicate_rates=listed).as_dict(), out)
 
@@ -203,3 +202,77 @@ def render_html(found: DedupSummary | None,
     parts.append(table(["conversations", "response (start)"], [
         [r.conversations, r.preview] for r in repeated.top]))
     return "\n".join(parts)
+
+
+# ------------------------------------------------- what the tables hold
+
+
+def _rate(duplicates: int, conversations: int) -> float:
+    return round(duplicates / conversations, 4) if conversations else 0.0
+
+
+def rates(conn: Connection) -> dict[str, Any]:
+    """Duplicate rates overall, per persona, arc, topic and cell (what --dedup removes)."""
+    out: dict[str, Any] = {"overall": None, "persona": [], "arc": [], "topic": [], "cell": []}
+    for row in db_dedup.duplicate_rates(conn):
+        level = row.pop("level")
+        row["duplicate_rate"] = _rate(row["duplicates"], row["conversations"])
+        if level == "all":
+            out["overall"] = {k: row[k] for k in ("conversations", "in_clusters", "duplicates",
+                                                  "duplicate_rate")}
+            continue
+        keep = ("persona", "arc", "topic") if level == "cell" else (level,)
+        out[level].append({**{k: row[k] for k in keep},
+                           **{k: row[k] for k in ("conversations", "in_clusters",
+                                                  "duplicates", "duplicate_rate")}})
+    for level in ("persona", "arc", "topic", "cell"):
+        out[level].sort(key=lambda r: (-r["duplicate_rate"], -r["conversations"],
+                                       tuple(str(r.get(k)) for k in ("persona", "arc", "topic"))))
+    return out
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: ([str(x) for x in v] if isinstance(v, list) else
+                str(v) if isinstance(v, uuid.UUID) else v) for k, v in row.items()}
+
+
+def report(conn: Connection) -> dict[str, Any]:
+    """What the last run left in the tables (also the `stats` section)."""
+    db_dedup.no_jit(conn)
+    totals = db_dedup.cluster_totals(conn)
+    duplicate = rates(conn)
+    return {
+        "clusters": totals["clusters"],
+        "conversations_in_clusters": totals["in_clusters"],
+        "duplicates": totals["duplicates"],
+        "duplicate_rate": duplicate["overall"]["duplicate_rate"] if duplicate["overall"] else 0,
+        "cross_cell_clusters": totals["cross_cell_clusters"],
+        "duplicate_rates": duplicate,
+        "largest_clusters": [_jsonable(r)
+                             for r in db_dedup.largest_clusters(conn, LARGEST, SAMPLE)],
+        "repeated_responses": {**(found := db_dedup.repeated_responses(conn, TOP_RESPONSES)),
+                               "top": [_jsonable(r) for r in found["top"]]},
+        "unsigned_conversations": db_dedup.unsigned_conversations(conn),
+    }
+
+
+def print_details(s: dict[str, Any], out: Out) -> None:
+    """Cells, largest clusters and repeated responses (the summary's and stats' lines)."""
+    cells = [c for c in s["duplicate_rates"]["cell"] if c["duplicates"]]
+    if cells:
+        out("cells with the highest duplicate rate:")
+        for c in cells:
+            out(f"  {label(c['persona'])}|{label(c['arc'])}|{label(c['topic'])}: "
+                f"{c['duplicates']} of {c['conversations']} ({100 * c['duplicate_rate']:.1f}%)")
+    if s["largest_clusters"]:
+        out("largest clusters:")
+        for c in s["largest_clusters"]:
+            more = " …" if c["size"] > len(c["sample"]) else ""
+            out(f"  {c['cluster_id']} size {c['size']} (representative {c['representative']}):"
+                f" {' '.join(c['sample'])}{more}")
+    repeated = s["repeated_responses"]
+    out(f"repeated assistant responses: {repeated['responses']} responses found in more than "
+        f"one conversation ({repeated['occurrences']} occurrences, "
+        f"{repeated['conversations']} conversations)")
+    for r in repeated["top"]:
+        out(f"  {r['conversations']}x {r['preview']!r}")

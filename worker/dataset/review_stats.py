@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from worker.dataset.text import NONE_LABEL, table
 from worker.db import reviews as db
 from worker.db.dataset import CompositionRow
 
@@ -22,7 +23,6 @@ COUNTS = ("reviewed", "approved", "rejected", "needs_revision", "seed_examples",
 # GROUPING() values of persona alone, arc alone, topic alone, and everything.
 GROUP = {"persona": 3, "arc": 5, "topic": 6}
 OVERALL = 7
-NONE_LABEL = "(none)"
 HEADER = ["", "assistant_pairs", *COUNTS, "share_reviewed"]
 
 
@@ -112,7 +112,6 @@ def _percent(share: float) -> str:
 
 
 def print_text(cover: ReviewCoverage, out: Callable[[str], None]) -> None:
-    from worker.dataset.stats import table
 
     c = cover.overall
     out("")

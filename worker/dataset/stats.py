@@ -9,7 +9,7 @@ without scaffolding, failures and enrichment versions come from the rows.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +17,13 @@ from sqlalchemy import Engine
 
 from worker.dataset import dedup_stats, review_stats
 from worker.dataset.sampling import STRATUM_FIELDS, SamplingError
+from worker.dataset.text import Out, label, table
 from worker.db import dataset
 from worker.db.dataset import CompositionRow
 from worker.enrichment.models import QualityTier
 
 DIMENSION_BIT = {"persona": 4, "arc": 2, "topic": 1}  # GROUPING() bits, rolled up when set
 DIMENSION_TITLE = {"persona": "persona", "arc": "emotional arc", "topic": "training topic"}
-NONE_LABEL = "(none)"
 DEFAULT_THIN = 3
 LISTED_CELLS = 20  # empty / thin cells named in the text output (JSON lists them all)
 
@@ -239,18 +239,6 @@ def collect(engine: Engine, by: Sequence[str] = STRATUM_FIELDS,
 # ------------------------------------------------------------ text
 
 
-Out = Callable[[str], None]
-
-
-def _label(value: Any) -> str:
-    return NONE_LABEL if value is None else str(value)
-
-
-def table(rows: list[list[str]], header: list[str], out: Out) -> None:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
-    out("  ".join(h.upper().ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
-    for row in rows:
-        out("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _pairs(counts: dict[str, int]) -> str:
@@ -276,7 +264,7 @@ def print_text(stats: Stats | StatsJson, out: Out) -> None:
         dims = breakdown.dimensions
         out("")
         out("by " + " × ".join(DIMENSION_TITLE[d] for d in dims))
-        table([[*(_label(v) for v in r.keys.values()), str(r.conversations), str(r.pairs),
+        table([[*(label(v) for v in r.keys.values()), str(r.conversations), str(r.pairs),
                 str(r.assistant_pairs), str(r.avg_quality)] for r in breakdown.rows],
               [*dims, "conversations", "pairs", "assistant_pairs", "avg_quality"], out)
     _print_cells(stats.cells, out)
@@ -293,5 +281,5 @@ def _print_cells(cells: Cells, out: Out) -> None:
         listed = listed_all[:LISTED_CELLS]
         if listed:
             more = len(listed_all) - len(listed)
-            names = ", ".join("|".join(_label(v) for v in c.keys.values()) for c in listed)
+            names = ", ".join("|".join(label(v) for v in c.keys.values()) for c in listed)
             out(f"  {kind}: {names}" + (f" (+{more} more: --json lists all)" if more else ""))

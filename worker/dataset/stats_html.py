@@ -20,16 +20,13 @@ import jinja2
 from markupsafe import Markup
 
 from worker.dataset import dedup_stats, review_stats
-from worker.dataset.stats import DIMENSION_TITLE, NONE_LABEL, Stats, StatsJson
+from worker.dataset.stats import DIMENSION_TITLE, Stats, StatsJson
+from worker.dataset.text import label
 
 BAR_COLOUR, EMPTY_CELL = "#3b6fb6", "#f6e3e1"
 TEXT_COLOUR, FONT_SIZE = "#1d2430", 11
 ROW, LABELS, BAR_SPACE = 22, 190, 460  # bar charts: row height, label column, longest bar
 CELL = 26  # heat map: cell size
-
-
-def _label(value: str | None) -> str:
-    return NONE_LABEL if value is None else value
 
 
 @dataclass(frozen=True)
@@ -66,7 +63,7 @@ def charts(stats: Stats | StatsJson) -> Charts:
     """What the page draws: bar charts, and a heat map of the first two dimensions."""
     stats = stats.stats if isinstance(stats, StatsJson) else stats
     bars = [BarChart(f"Conversations by {DIMENSION_TITLE[b.dimensions[0]]}", tuple(
-        Bar(_label(row.keys[b.dimensions[0]]), row.conversations,
+        Bar(label(row.keys[b.dimensions[0]]), row.conversations,
             f"avg quality {row.avg_quality}") for row in b.rows))
         for b in stats.breakdowns if len(b.dimensions) == 1]
     for title, counts in (("Quality tiers", stats.quality_tiers),
@@ -77,9 +74,9 @@ def charts(stats: Stats | StatsJson) -> Charts:
     if len(stats.by) >= 2:
         first, second = stats.by[0], stats.by[1]
         pair = stats.breakdown((first, second)).rows
-        rows = sorted({_label(r.keys[first]) for r in pair})
-        cols = sorted({_label(r.keys[second]) for r in pair})
-        values = {(_label(r.keys[first]), _label(r.keys[second])): r.conversations
+        rows = sorted({label(r.keys[first]) for r in pair})
+        cols = sorted({label(r.keys[second]) for r in pair})
+        values = {(label(r.keys[first]), label(r.keys[second])): r.conversations
                   for r in pair}
         heatmap = Heatmap(f"Conversations: {DIMENSION_TITLE[first]} × "
                           f"{DIMENSION_TITLE[second]}", tuple(rows), tuple(cols),
@@ -197,10 +194,10 @@ def _tables(stats: Stats) -> dict[str, Any]:
     return {
         "breakdowns": [(" × ".join(DIMENSION_TITLE[d] for d in b.dimensions), _markup_table(
             [*b.dimensions, "conversations", "pairs", "assistant pairs", "avg quality"],
-            [[*(_label(v) for v in r.keys.values()), r.conversations, r.pairs,
+            [[*(label(v) for v in r.keys.values()), r.conversations, r.pairs,
               r.assistant_pairs, r.avg_quality] for r in b.rows])) for b in stats.breakdowns],
         "cell_tables": [(kind, _markup_table([*cells.dimensions, "conversations"], [
-            [*(_label(v) for v in c.keys.values()), c.conversations] for c in listed]))
+            [*(label(v) for v in c.keys.values()), c.conversations] for c in listed]))
             for kind, listed in (("Thin", cells.thin), ("Empty", cells.empty)) if listed],
         "status": _markup_table(["", "count"], [
             *[[f"quality tier {k}", v] for k, v in stats.quality_tiers.items()],

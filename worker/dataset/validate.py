@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 
+from worker.dataset.text import Out
 from worker.db import dataset
 from worker.enrichment.models import EnrichedDocument, TrainingPair
 from worker.enrichment.validation import Issue
@@ -383,8 +384,6 @@ def check_file(path: Path) -> FileCheck:
 
 
 # ------------------------------------------------------------ printing
-
-Out = Callable[[str], None]
 
 
 def print_stored(result: StoredCheck, *, as_json: bool, out: Out) -> int:

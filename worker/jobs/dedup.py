@@ -30,6 +30,7 @@ from sqlalchemy import Connection, Engine
 
 from worker.dataset import dedup
 from worker.dataset.dedup import Scope, Source
+from worker.dataset.dedup_stats import report
 from worker.db import dedup as db
 from worker.errors import ReenrichError
 
@@ -38,9 +39,6 @@ log = structlog.get_logger("reenrich.dedup")
 WINDOW = 1000  # rows scanned per transaction in step 1
 ANALYZE_SHARE = 0.1  # refresh statistics when more of the table than this was signed
 SHINGLE_CACHE = 512  # texts whose shingle sets are kept while verifying
-LARGEST = 10  # clusters listed in the summary
-SAMPLE = 5  # ids shown per cluster in the summary
-TOP_RESPONSES = 10
 TOP_CELLS = 10
 
 
@@ -293,57 +291,6 @@ def _run_steps(engine: Engine, run_id: int, threshold: float, scope: Scope,
         summary["run"] = run_id
         db.finish_run(conn, run_id, orjson.dumps(summary, default=str).decode())
     return summary
-
-
-# ------------------------------------------------------------ reports
-
-
-def _rate(duplicates: int, conversations: int) -> float:
-    return round(duplicates / conversations, 4) if conversations else 0.0
-
-
-def rates(conn: Connection) -> dict[str, Any]:
-    """Duplicate rates overall, per persona, arc, topic and cell (what --dedup removes)."""
-    out: dict[str, Any] = {"overall": None, "persona": [], "arc": [], "topic": [], "cell": []}
-    for row in db.duplicate_rates(conn):
-        level = row.pop("level")
-        row["duplicate_rate"] = _rate(row["duplicates"], row["conversations"])
-        if level == "all":
-            out["overall"] = {k: row[k] for k in ("conversations", "in_clusters", "duplicates",
-                                                  "duplicate_rate")}
-            continue
-        keep = ("persona", "arc", "topic") if level == "cell" else (level,)
-        out[level].append({**{k: row[k] for k in keep},
-                           **{k: row[k] for k in ("conversations", "in_clusters",
-                                                  "duplicates", "duplicate_rate")}})
-    for level in ("persona", "arc", "topic", "cell"):
-        out[level].sort(key=lambda r: (-r["duplicate_rate"], -r["conversations"],
-                                       tuple(str(r.get(k)) for k in ("persona", "arc", "topic"))))
-    return out
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: ([str(x) for x in v] if isinstance(v, list) else
-                str(v) if isinstance(v, uuid.UUID) else v) for k, v in row.items()}
-
-
-def report(conn: Connection) -> dict[str, Any]:
-    """What the last run left in the tables (also the `stats` section)."""
-    db.no_jit(conn)
-    totals = db.cluster_totals(conn)
-    duplicate = rates(conn)
-    return {
-        "clusters": totals["clusters"],
-        "conversations_in_clusters": totals["in_clusters"],
-        "duplicates": totals["duplicates"],
-        "duplicate_rate": duplicate["overall"]["duplicate_rate"] if duplicate["overall"] else 0,
-        "cross_cell_clusters": totals["cross_cell_clusters"],
-        "duplicate_rates": duplicate,
-        "largest_clusters": [_jsonable(r) for r in db.largest_clusters(conn, LARGEST, SAMPLE)],
-        "repeated_responses": {**(found := db.repeated_responses(conn, TOP_RESPONSES)),
-                               "top": [_jsonable(r) for r in found["top"]]},
-        "unsigned_conversations": db.unsigned_conversations(conn),
-    }
 
 
 def _summary(conn: Connection, counts: Counts, threshold: float, scope: Scope,
