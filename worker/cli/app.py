@@ -486,7 +486,7 @@ def cmd_workers(args: argparse.Namespace, ctx: Context) -> int:
 
 # Flags that say where a --from-version export writes; every other flag comes from the version.
 FROM_VERSION_FLAGS = frozenset({"output", "validation_output", "hub", "shard_size", "license",
-                                "name", "report", "card", "from_version"})
+                                "name", "report", "card", "from_version", "workers"})
 
 
 def parse_version_name(value: str) -> str:
@@ -528,7 +528,7 @@ def _export_options(args: argparse.Namespace) -> Any:
         target_model=args.target_model, tokenizer=path(args.tokenizer),
         max_tokens=args.max_tokens, drop_over_max=args.drop_over_max, hub=path(args.hub),
         shard_size_mb=args.shard_size, license=args.license, allow_empty=args.allow_empty,
-        dedup=args.dedup,
+        dedup=args.dedup, workers=args.workers,
         review=ReviewRules(include_rejected=args.include_rejected,
                            approved_only=args.approved_only,
                            seed_examples_only=args.seed_examples_only))
@@ -550,7 +550,7 @@ def _from_version(args: argparse.Namespace, ctx: Context) -> tuple[Any, Any]:
         source.version, output=Path(args.output) if args.output else None,
         validation_output=Path(args.validation_output) if args.validation_output else None,
         hub_dir=Path(args.hub) if args.hub else None, shard_size_mb=args.shard_size,
-        license_id=args.license)
+        license_id=args.license, workers=args.workers)
     return options, source
 
 
@@ -874,6 +874,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "what removed everything)")
     p.add_argument("--dedup", action="store_true", help="keep only each near-duplicate "
                    "cluster's representative (clusters of the last `reenrich dedup`)")
+    p.add_argument("--workers", type=parse_count, default=1, metavar="N",
+                   help="processes writing key-range slices in parallel, each on its own "
+                        "connection (default 1); the same files (--hub: the rows in N or more "
+                        "shards)")
     _add_version_flags(p)
 
     p = add("datasets", cmd_datasets, "dataset versions: list them, or show NAME, diff A B, "
