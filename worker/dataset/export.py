@@ -659,6 +659,10 @@ def _write_files(engine: Engine, run: _Run, consultant_profile: dict[str, Any],
                                                  dict[db_versions.MemberState, list[uuid.UUID]]]:
     """The snapshot: select, stream into the sinks, and read the members' hashes."""
     options = run.options
+    if options.workers > 1:
+        from worker.dataset import export_slices
+
+        export_slices.start_processes()
     with engine.connect() as conn, conn.begin():
         dataset.begin_snapshot(conn)
         ids = run.select(conn, want_ids=options.workers > 1)
@@ -669,8 +673,6 @@ def _write_files(engine: Engine, run: _Run, consultant_profile: dict[str, Any],
             if options.sampling.validation_fraction is not None:
                 sinks[VALIDATION] = _open_sink(options, VALIDATION, consultant_profile)
             if options.workers > 1:
-                from worker.dataset import export_slices
-
                 assert ids is not None  # select(want_ids=True)
                 export_slices.write_slices(conn, run, ids, sinks)
             else:
