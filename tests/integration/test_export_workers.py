@@ -37,6 +37,16 @@ FORMAT_OPTIONS: dict[str, dict[str, Any]] = {
     "full-json": {"target_model": "m"}}
 
 
+def _word_tokenizer(path: Path) -> Path:
+    """A local tokenizer.json that counts words (one token per whitespace-split word)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "the": 1}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(path))
+    return path
+
+
 def _export(engine: Engine, config: EnrichmentConfig, out: Path, fmt: str, workers: int,
             **kwargs: Any) -> dict[str, Any]:
     suffix = SUFFIX[fmt]
@@ -106,11 +116,18 @@ def test_cut_gives_contiguous_slices_of_even_size() -> None:
 def test_jsonl_files_report_and_version_are_those_of_one_worker(
         engine: Engine, tmp_path: Path, config: EnrichmentConfig, fmt: str) -> None:
     enriched(engine, tmp_path, config, count=30)
-    reports = {n: _export(engine, config, tmp_path / f"w{n}", fmt, n, **FORMAT_OPTIONS[fmt])
+    extra = dict(FORMAT_OPTIONS[fmt])
+    if fmt == "prompt-completion":  # token lengths, and rows dropped over --max-tokens
+        pytest.importorskip("tokenizers")
+        extra.update(tokenizer=_word_tokenizer(tmp_path / "tokenizer.json"), max_tokens=700,
+                     drop_over_max=True)
+    reports = {n: _export(engine, config, tmp_path / f"w{n}", fmt, n, **extra)
                for n in (1, 2, 3)}
     one = reports[1]
     assert one["splits"]["train"]["rows"] > 3 and one["splits"]["validation"]["rows"] > 0
     assert one["removed"]["missing_scaffolding"] and one["removed"]["not_sampled"]
+    if fmt == "prompt-completion":
+        assert one["rows_dropped_over_max_tokens"] > 0 and one["lengths"]["tokens"]
     for n in (2, 3):
         for split in ("train", "validation"):
             name = f"{split}.{SUFFIX[fmt]}"
