@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -128,8 +129,11 @@ def part_path(path: Path, index: int, owner: int) -> Path:
 
 
 def _start_process(stop: Event) -> None:
+    """A slice process ignores Ctrl-C: the exporting process gets it and sets `stop`,
+    and the slice stops between two documents and removes its parts."""
     global _stop
     _stop = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _check_stop() -> None:
