@@ -15,6 +15,9 @@ fails, naming what removed everything, unless `allow_empty`.
 Formats whose head depends on the whole body (`brightrun-v4 --meta`,
 `full-json`) spool the body to a temporary file first: memory stays flat.
 `--hub DIR` writes the same rows as Parquet shards (`worker.dataset.hub`).
+`--workers N` runs the stream pass in N processes, over contiguous key ranges
+of what the selection kept, and puts their parts together into the same files
+(`worker.dataset.export_slices`).
 
 Every export that writes files is then recorded as a dataset version
 (`worker.dataset.versions`, `worker.db.versions`): its options, counts, files with

@@ -14,7 +14,9 @@ for the Hub's viewer to page through), and a shard is closed before the
 next row group would take it past the shard size. Shards are written under
 temporary names and renamed when the export completes; shards of an earlier
 export into the same folder that this one does not write are removed, so
-the folder holds exactly this export.
+the folder holds exactly this export. With `export --workers N` each slice
+writes its own shards, which are numbered in slice order when the export
+completes (`worker.dataset.export_slices`): N shards or more, the same rows.
 """
 
 from __future__ import annotations
