@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 TIERS = ("seed_dataset", "production", "experimental", "rejected")
 # Flags that say where a --from-version export writes; every other flag comes from the version.
 FROM_VERSION_FLAGS = frozenset({"output", "validation_output", "hub", "shard_size", "license",
-                                "name", "report", "card", "from_version"})
+                                "name", "report", "card", "from_version", "workers"})
 
 
 def register(commands: Subparsers) -> None:
@@ -114,6 +114,10 @@ def _add_review_rules(p: argparse.ArgumentParser) -> None:
                         "what removed everything)")
     p.add_argument("--dedup", action="store_true", help="keep only each near-duplicate "
                    "cluster's representative (clusters of the last `reenrich dedup`)")
+    p.add_argument("--workers", type=parse_count, default=1, metavar="N",
+                   help="processes writing key-range slices in parallel, each on its own "
+                        "connection (default 1); the same files (--hub: the rows in N or more "
+                        "shards)")
 
 
 def _add_version_flags(p: argparse.ArgumentParser) -> None:
@@ -194,7 +198,7 @@ def _export_options(args: argparse.Namespace) -> ExportOptions:
         target_model=args.target_model, tokenizer=_path(args.tokenizer),
         max_tokens=args.max_tokens, drop_over_max=args.drop_over_max, hub=_path(args.hub),
         shard_size_mb=args.shard_size, license=args.license, allow_empty=args.allow_empty,
-        dedup=args.dedup,
+        dedup=args.dedup, workers=args.workers,
         review=ReviewRules(include_rejected=args.include_rejected,
                            approved_only=args.approved_only,
                            seed_examples_only=args.seed_examples_only))
@@ -213,5 +217,6 @@ def _from_version(args: argparse.Namespace, ctx: Context) -> tuple[ExportOptions
     options = from_version_options(
         source.version, output=_path(args.output),
         validation_output=_path(args.validation_output),
-        hub_dir=_path(args.hub), shard_size_mb=args.shard_size, license_id=args.license)
+        hub_dir=_path(args.hub), shard_size_mb=args.shard_size, license_id=args.license,
+        workers=args.workers)
     return options, source

@@ -15,6 +15,9 @@ fails, naming what removed everything, unless `allow_empty`.
 Formats whose head depends on the whole body (`brightrun-v4 --meta`,
 `full-json`) spool the body to a temporary file first: memory stays flat.
 `--hub DIR` writes the same rows as Parquet shards (`worker.dataset.hub`).
+`--workers N` runs the stream pass in N processes, over contiguous key ranges
+of what the selection kept, and puts their parts together into the same files
+(`worker.dataset.export_slices`).
 
 Every export that writes files is then recorded as a dataset version
 (`worker.dataset.versions`, `worker.db.versions`): its options, counts, files with
@@ -30,7 +33,7 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -137,6 +140,7 @@ class ExportOptions:
     license: str | None = None  # hub: the card's license, default "other"
     allow_empty: bool = False  # write an empty file instead of failing when nothing is selected
     dedup: bool = False  # keep only each near-duplicate cluster's representative
+    workers: int = 1  # processes rendering key-range slices (`worker.dataset.export_slices`)
 
     def check(self) -> None:
         """The flags fit together (ExportUsageError, exit 2); nothing is touched."""
@@ -170,6 +174,9 @@ class ExportOptions:
             raise ExportUsageError("--max-tokens must be at least 1")
         if self.drop_over_max and self.max_tokens is None:
             raise ExportUsageError("--drop-over-max needs --max-tokens N")
+        if self.workers < 1:
+            raise ExportUsageError(f"--workers is a whole number of at least 1, got "
+                                   f"{self.workers}")
 
     def _check_placement(self) -> None:
         """Where the files go: --output [--validation-output], or --hub DIR."""
@@ -218,21 +225,31 @@ class ExportOptions:
 # ---------------------------------------------------------------- the sinks
 
 
+COPY_CHUNK = 1 << 20
+
+
 def _temp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 class _Sink:
-    """One output file: written beside its path, renamed into place on close."""
+    """One output file: written beside its path, renamed into place on close.
 
-    def __init__(self, path: Path, spool: bool) -> None:
+    `part` (`export --workers`): the file is one slice of the body, written at
+    `path` itself, with no head or tail; the final file's sink `absorb`s the parts
+    in order.
+    """
+
+    separator = b""  # between the rows of two parts (full-json: a comma)
+
+    def __init__(self, path: Path, spool: bool, part: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._tmp = _temp_beside(path)
+        self._tmp = path if part else _temp_beside(path)
         self._out: IO[bytes] = self._tmp.open("wb")
         # The body goes to a spool file when the head can only be written at the end.
         self._body: IO[bytes] = (tempfile.TemporaryFile(dir=path.parent)  # noqa: SIM115
-                                 if spool else self._out)
+                                 if spool and not part else self._out)
         self.rows = 0
 
     def write(self, row: dict[str, Any], document: dict[str, Any]) -> None:
@@ -260,12 +277,30 @@ class _Sink:
                 handle.close()
         self._tmp.unlink(missing_ok=True)
 
+    def finish_part(self) -> dict[str, Any]:
+        """Close a part; what the final file's head needs from it."""
+        self._out.close()
+        return self.part_state()
+
+    def part_state(self) -> dict[str, Any]:
+        return {}
+
+    def absorb(self, part: Path, rows: int, state: dict[str, Any]) -> None:
+        """Append a part's rows (and remove its file): as if they had been written here."""
+        if rows:
+            if self.rows and self.separator:
+                self._body.write(self.separator)
+            with part.open("rb") as handle:
+                shutil.copyfileobj(handle, self._body, COPY_CHUNK)
+        part.unlink()
+        self.rows += rows
+
 
 class JsonlSink(_Sink):
     """One JSON value per line; with `meta`, a brightrun-v4 `_meta` line first."""
 
-    def __init__(self, path: Path, meta: bool = False) -> None:
-        super().__init__(path, spool=meta)
+    def __init__(self, path: Path, meta: bool = False, part: bool = False) -> None:
+        super().__init__(path, spool=meta, part=part)
 
     def write(self, row: dict[str, Any], document: dict[str, Any]) -> None:
         self._body.write(dumps(row) + b"\n")
@@ -280,9 +315,11 @@ class JsonlSink(_Sink):
 class FullJsonSink(_Sink):
     """The full training file: metadata (known at the end), profile, conversations."""
 
+    separator = b","
+
     def __init__(self, path: Path, target_model: str | None,
-                 consultant_profile: dict[str, Any]) -> None:
-        super().__init__(path, spool=True)
+                 consultant_profile: dict[str, Any], part: bool = False) -> None:
+        super().__init__(path, spool=True, part=part)
         self.target_model = target_model
         self.profile: dict[str, Any] | None = None
         self.fallback_profile = consultant_profile
@@ -294,6 +331,9 @@ class FullJsonSink(_Sink):
         self.reviewed = 0
         self.distribution: dict[str, dict[str, int]] = {
             "personas": {}, "emotional_arcs": {}, "training_topics": {}}
+        # A part keeps its scores in order: the final sink adds them up in the same
+        # order as one process would (float sums depend on it).
+        self.scores: list[float] | None = [] if part else None
 
     def write(self, row: dict[str, Any], document: dict[str, Any]) -> None:
         if self.rows:
@@ -307,10 +347,7 @@ class FullJsonSink(_Sink):
             training = pair.get("training_metadata") or {}
             score = training.get("quality_score")
             if isinstance(score, int | float):
-                self.score_sum += score
-                self.scored += 1
-                self.score_min = score if self.score_min is None else min(self.score_min, score)
-                self.score_max = score if self.score_max is None else max(self.score_max, score)
+                self._score(score)
             if training.get("human_reviewed") is True:
                 self.reviewed += 1
         scaffolding = row["conversation_metadata"]["scaffolding"]
@@ -320,6 +357,32 @@ class FullJsonSink(_Sink):
             if value is not None:
                 counts = self.distribution[name]
                 counts[value] = counts.get(value, 0) + 1
+
+    def _score(self, score: float) -> None:
+        self.score_sum += score
+        self.scored += 1
+        self.score_min = score if self.score_min is None else min(self.score_min, score)
+        self.score_max = score if self.score_max is None else max(self.score_max, score)
+        if self.scores is not None:
+            self.scores.append(score)
+
+    def part_state(self) -> dict[str, Any]:
+        return {"profile": self.profile, "total_pairs": self.total_pairs,
+                "scores": self.scores, "reviewed": self.reviewed,
+                "distribution": self.distribution}
+
+    def absorb(self, part: Path, rows: int, state: dict[str, Any]) -> None:
+        super().absorb(part, rows, state)
+        if self.profile is None:
+            self.profile = state["profile"]
+        self.total_pairs += state["total_pairs"]
+        for score in state["scores"]:
+            self._score(score)
+        self.reviewed += state["reviewed"]
+        for name, counts in state["distribution"].items():
+            into = self.distribution[name]
+            for value, count in counts.items():
+                into[value] = into.get(value, 0) + count
 
     def head(self) -> bytes:
         now = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -463,8 +526,9 @@ class _Run:
             else:
                 yield candidate.conversation_id, candidate.keys()
 
-    def select(self, conn: Any) -> list[Any] | None:
-        """Selection pass: count removals; the sample's ids (None: all kept)."""
+    def select(self, conn: Any, want_ids: bool = False) -> list[Any] | None:
+        """Selection pass: count removals; the sample's ids (None: all kept, unless
+        `want_ids`)."""
         spec = self.options.sampling
         if self.options.dedup or spec.validation_fraction is not None:
             self.clusters = ExportClusters.load(conn)
@@ -474,7 +538,10 @@ class _Run:
             self.plan = SamplePlan(side=dict(self.members))
             return sorted(self.members)
         if not spec.active:
-            for _ in self._kept(conn):
+            kept = (cid for cid, _ in self._kept(conn))
+            if want_ids:
+                return list(kept)
+            for _ in kept:
                 pass
             return None
         # make_plan consumes the stream: only (hash, id, stratum) per conversation is held.
@@ -519,10 +586,15 @@ class _Run:
         return stratum_label(spec.stratify_by, key)
 
     def write(self, conn: Any, ids: list[Any] | None, sinks: dict[str, Sink]) -> None:
+        self.write_documents(dataset.stream_documents(conn, self.stream_filters, ids), sinks)
+        self.count_strata_rows()
+
+    def write_documents(self, documents: Iterable[tuple[uuid.UUID, int | None, str]],
+                        sinks: Mapping[str, Sink]) -> None:
+        """Render (conversation_id, enrichment_version, JSON text) in order into the sinks."""
         tallies = {name: SplitTally(path=str(sink.path)) for name, sink in sinks.items()}
         self.report.splits = tallies
-        for conversation_id, version, text in dataset.stream_documents(
-                conn, self.stream_filters, ids):
+        for conversation_id, version, text in documents:
             document = orjson.loads(text)
             reason = _skip_reason(self.options, document)
             if reason is not None:
@@ -551,7 +623,9 @@ class _Run:
             tally.add_conversation(_scaffolding_keys(document))
             self.report.enrichment_versions[str(version)] += 1
             self.written.append((conversation_id, side))
-        for name, tally in tallies.items():
+
+    def count_strata_rows(self) -> None:
+        for name, tally in self.report.splits.items():
             for label, rows in tally.rows_per_stratum.items():
                 self.report.strata.setdefault(label, {})[f"{name}_rows"] = rows
 
@@ -586,16 +660,24 @@ def _write_files(engine: Engine, run: _Run, consultant_profile: dict[str, Any],
                                                  dict[db_versions.MemberState, list[uuid.UUID]]]:
     """The snapshot: select, stream into the sinks, and read the members' hashes."""
     options = run.options
+    if options.workers > 1:
+        from worker.dataset import export_slices
+
+        export_slices.start_processes()
     with engine.connect() as conn, conn.begin():
         dataset.begin_snapshot(conn)
-        ids = run.select(conn)
+        ids = run.select(conn, want_ids=options.workers > 1)
         log.info("export.selected", conversations=run.report.conversations_in_table,
                  removed=dict(run.report.removed), sampled=None if ids is None else len(ids))
         sinks: dict[str, Sink] = {TRAIN: _open_sink(options, TRAIN, consultant_profile)}
         try:
             if options.sampling.validation_fraction is not None:
                 sinks[VALIDATION] = _open_sink(options, VALIDATION, consultant_profile)
-            run.write(conn, ids, sinks)
+            if options.workers > 1:
+                assert ids is not None  # select(want_ids=True)
+                export_slices.write_slices(conn, run, ids, sinks)
+            else:
+                run.write(conn, ids, sinks)
             if not options.allow_empty and not sum(s.rows for s in sinks.values()):
                 raise EmptyExport(_nothing_selected(run.report))
             for sink in sinks.values():
@@ -699,13 +781,15 @@ def _record(engine: Engine, options: ExportOptions, report: ExportSummary, name:
 
 def from_version_options(source: db_versions.StoredVersion, *, output: Path | None,
                          validation_output: Path | None, hub_dir: Path | None,
-                         shard_size_mb: float | None, license_id: str | None) -> ExportOptions:
-    """The recorded options of `source`, written where this export says."""
+                         shard_size_mb: float | None, license_id: str | None,
+                         workers: int = 1) -> ExportOptions:
+    """The recorded options of `source`, written where (and by as many workers as) this
+    export says."""
     recorded = {k: v for k, v in source.options.items()
                 if k not in versions.PLACEMENT_FIELDS}
     options: ExportOptions = versions.from_json(ExportOptions, {
         **recorded, "output": output, "validation_output": validation_output, "hub": hub_dir,
-        "shard_size_mb": shard_size_mb, "license": license_id})
+        "shard_size_mb": shard_size_mb, "license": license_id, "workers": workers})
     split = options.sampling.validation_fraction is not None
     if split and hub_dir is None and validation_output is None:
         raise ExportError(f"dataset version {source.name} has a validation split: give "

@@ -14,7 +14,9 @@ for the Hub's viewer to page through), and a shard is closed before the
 next row group would take it past the shard size. Shards are written under
 temporary names and renamed when the export completes; shards of an earlier
 export into the same folder that this one does not write are removed, so
-the folder holds exactly this export.
+the folder holds exactly this export. With `export --workers N` each slice
+writes its own shards, which are numbered in slice order when the export
+completes (`worker.dataset.export_slices`): N shards or more, the same rows.
 """
 
 from __future__ import annotations
@@ -110,7 +112,9 @@ class ParquetSink:
     """One split's shards: rows in, row groups out, shards renamed into place on close."""
 
     def __init__(self, directory: Path, split: str, fmt: str, strip_metadata: bool,
-                 shard_mb: float) -> None:
+                 shard_mb: float, part: str = "", owner: int | None = None) -> None:
+        """`part`, `owner`: a slice of `export --workers` names its temporary shards
+        `.<split>-<part><i>.parquet.tmp-<owner>` (owner: the exporting process)."""
         self.data = directory / "data"
         self.data.mkdir(parents=True, exist_ok=True)
         self.split = split
@@ -129,6 +133,8 @@ class ParquetSink:
         self._groups = 0  # row groups in the open shard
         self._ratio = 1.0  # compressed / Arrow bytes so far, to predict the next group
         self.shards: list[Path] = []
+        self._part = part
+        self._owner = os.getpid() if owner is None else owner
 
     def write(self, row: dict[str, Any], document: dict[str, Any]) -> None:
         if list(row) != self.names:
@@ -141,7 +147,8 @@ class ParquetSink:
             self._flush()
 
     def _open_shard(self) -> None:
-        temp = self.data / f".{self.split}-{len(self._temps):05d}.parquet.tmp-{os.getpid()}"
+        temp = self.data / (f".{self.split}-{self._part}{len(self._temps):05d}.parquet"
+                            f".tmp-{self._owner}")
         self._temps.append(temp)
         self._file = pa.OSFile(str(temp), "wb")
         # Dictionary encoding only where values repeat: trying it on every message's
@@ -187,6 +194,19 @@ class ParquetSink:
         self.shards = [self.data / shard_name(self.split, i, total) for i in range(total)]
         for temp, final in zip(self._temps, self.shards, strict=True):
             os.replace(temp, final)
+
+    def finish_part(self) -> list[Path]:
+        """A slice's shards, closed under their temporary names (none when it has no row)."""
+        if self._buffer:
+            self._flush()
+        self._close_shard()
+        return list(self._temps)
+
+    def absorb(self, temps: list[Path], rows: int, num_bytes: int) -> None:
+        """Take over a slice's shards (`finish_part`), after those already taken."""
+        self._temps += temps
+        self.rows += rows
+        self.num_bytes += num_bytes
 
     def abort(self) -> None:
         try:

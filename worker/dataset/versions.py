@@ -32,9 +32,10 @@ from worker.errors import ReenrichError, UsageError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # the table's CHECK, too
 HASH_CHUNK = 1 << 20
-# Options that say where files go, not what is in them: not replayed by --from-version.
+# Options that say where files go (or how many processes write them), not what is in
+# them: not replayed by --from-version.
 PLACEMENT_FIELDS = frozenset({"output", "validation_output", "hub", "shard_size_mb",
-                              "license"})
+                              "license", "workers"})
 
 
 class VersionError(ReenrichError):

@@ -15,18 +15,21 @@ selection pass and the stream pass see the same rows.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, String, bindparam, text
 
 from worker.enrichment.models import QualityTier
 
 STREAM_BATCH = 100  # documents per fetch (~50 kB each)
 SELECTION_BATCH = 5000
+SLICE_BATCH = 1000  # ids per statement when a slice of an export is read (`stream_slice`)
+SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f]+-[0-9A-Fa-f]+(-[0-9]+)?$")  # pg_export_snapshot()
 
 QUALITY_TIERS = tuple(tier.value for tier in QualityTier)  # best first
 REJECTED_TIER = QualityTier.REJECTED.value
@@ -195,6 +198,65 @@ def stream_documents(conn: Connection, filters: DatasetFilters,
         STREAM_SQL, params)
     for row in result:
         yield row.conversation_id, row.enrichment_version, row.document
+
+
+# ------------------------------------------------------------ slices (export --workers)
+
+# The kept conversations that have a document, in the order STREAM_SQL streams them.
+EXPORT_ORDER_SQL = text("""
+SELECT c.conversation_id
+FROM conversations c
+WHERE c.conversation_id = ANY(CAST(:ids AS uuid[]))
+  AND c.enriched_json IS NOT NULL
+ORDER BY c.created_at, c.conversation_id
+""")
+
+# One batch of a slice: the selection pass already applied the filters to these ids.
+SLICE_SQL = text("""
+SELECT c.conversation_id, c.enrichment_version, CAST(c.enriched_json AS text) AS document
+FROM conversations c
+WHERE c.conversation_id = ANY(CAST(:ids AS uuid[]))
+  AND c.enriched_json IS NOT NULL
+ORDER BY c.created_at, c.conversation_id
+""")
+
+EXPORT_SNAPSHOT_SQL = text("SELECT pg_export_snapshot()")
+# SET takes no bound parameter: the id is rendered as a quoted literal by SQLAlchemy.
+IMPORT_SNAPSHOT_SQL = text("SET TRANSACTION SNAPSHOT :snapshot").bindparams(
+    bindparam("snapshot", type_=String(), literal_execute=True))
+
+
+def export_snapshot(conn: Connection) -> str:
+    """The id of the caller's snapshot, for other connections to read the same rows.
+
+    Valid while the caller's transaction stays open (see `import_snapshot`).
+    """
+    snapshot: str = conn.execute(EXPORT_SNAPSHOT_SQL).scalar_one()
+    return snapshot
+
+
+def import_snapshot(conn: Connection, snapshot: str) -> None:
+    """Make the caller's new transaction see `snapshot` (after `begin_snapshot`, before any
+    query): a slice reads exactly what the export's selection pass saw."""
+    if not SNAPSHOT_ID.match(snapshot):
+        raise ValueError(f"not a snapshot id: {snapshot!r}")
+    conn.execute(IMPORT_SNAPSHOT_SQL, {"snapshot": snapshot})
+
+
+def export_order(conn: Connection, ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """`ids` that have a document, ordered as the export streams (created_at, id)."""
+    return [row.conversation_id for row in conn.execute(EXPORT_ORDER_SQL, {"ids": list(ids)})]
+
+
+def stream_slice(conn: Connection, ids: Sequence[uuid.UUID],
+                 ) -> Iterator[tuple[uuid.UUID, int | None, str]]:
+    """As `stream_documents`, for `ids` already in export order (a contiguous slice of
+    `export_order`): read SLICE_BATCH ids per statement, so order holds across batches."""
+    for start in range(0, len(ids), SLICE_BATCH):
+        result = conn.execution_options(stream_results=True, yield_per=STREAM_BATCH).execute(
+            SLICE_SQL, {"ids": list(ids[start:start + SLICE_BATCH])})
+        for row in result:
+            yield row.conversation_id, row.enrichment_version, row.document
 
 
 # ------------------------------------------------------------ validate
