@@ -33,7 +33,6 @@ from worker.dataset.versions import reenrich_version
 from worker.enrichment.models import QualityTier
 
 if TYPE_CHECKING:
-    from worker.dataset.export import ExportOptions
     from worker.dataset.export_report import ExportSummary, SamplingSummary, SplitSummary
 
 FORMAT_NOTES = {
@@ -60,23 +59,9 @@ def size_category(rows: int) -> str:
     return "10M<n<100M"
 
 
-def _relative(path: str, card: Path) -> str:
+def relative_path(path: str, card: Path) -> str:
+    """`path` as the card at `card` names it (a Hub repository reads posix paths)."""
     return Path(os.path.relpath(Path(path).resolve(), card.resolve().parent)).as_posix()
-
-
-def check_card_place(options: ExportOptions, card: Path | None) -> None:
-    """Refuse a card its data files are not under (its paths would need `../`)."""
-    from worker.dataset.export import ExportUsageError
-
-    if card is None:
-        return
-    if options.hub is not None:
-        raise ExportUsageError("--hub DIR writes its card as DIR/README.md: leave out --card")
-    for path in (options.output, options.validation_output):
-        if path is not None and _relative(str(path), card).startswith("../"):
-            raise ExportUsageError(f"--card {card} is not in the folder of {path}: a Hub "
-                                   "repository cannot reach ../ paths; put the card in that "
-                                   "folder (or one above it), or use --hub DIR")
 
 
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
@@ -121,7 +106,7 @@ def _header(report: ExportSummary, card_path: Path) -> dict[str, Any]:
     hub = report.hub
     header: dict[str, Any] = {
         "configs": [{"config_name": "default", "data_files": [
-            {"split": name, "path": _relative(split.path, card_path)}
+            {"split": name, "path": relative_path(split.path, card_path)}
             for name, split in report.splits.items()]}],
     }
     if hub is not None:

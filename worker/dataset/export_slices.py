@@ -46,7 +46,7 @@ import structlog
 from sqlalchemy import Connection
 from sqlalchemy.pool import NullPool
 
-from worker.dataset import export, hub
+from worker.dataset import export_files, hub
 from worker.dataset.export_report import ExportReport, Lengths, SplitTally
 from worker.dataset.sampling import SamplePlan, StratumKey
 from worker.db import dataset
@@ -60,11 +60,11 @@ CHECK_EVERY = 50  # documents between two looks at the stop signal
 _stop: Event | None = None  # set in each slice process (`_start_process`)
 
 
-class ExportSliceError(export.ExportError):
+class ExportSliceError(export_files.ExportError):
     """A slice of `export --workers` failed; nothing was written."""
 
 
-class SliceStopped(export.ExportError):
+class SliceStopped(export_files.ExportError):
     """A slice stopped because another one failed (never shown)."""
 
 
@@ -77,7 +77,7 @@ class SliceTask:
     url: str
     snapshot: str
     owner: int  # the exporting process: its pid names the part files
-    options: export.ExportOptions
+    options: export_files.ExportOptions
     splits: tuple[str, ...]
     ids: bytes  # 16 bytes per conversation, in export order
     sides: tuple[str, ...] | None  # the sample's split of each, when there is a plan
@@ -149,21 +149,21 @@ def _stoppable(documents: Iterable[tuple[uuid.UUID, int | None, str]],
         yield document
 
 
-def _open_part(options: export.ExportOptions, split: str, index: int, owner: int,
-               ) -> export.Sink:
+def _open_part(options: export_files.ExportOptions, split: str, index: int, owner: int,
+               ) -> export_files.Sink:
     if options.hub is not None:
         return hub.ParquetSink(options.hub, split, options.format, options.strip_metadata,
                                options.shard_size_mb or hub.DEFAULT_SHARD_MB,
                                part=f"p{index:03d}-", owner=owner)
-    final = options.output if split == export.TRAIN else options.validation_output
+    final = options.output if split == export_files.TRAIN else options.validation_output
     assert final is not None  # ExportOptions.check
     path = part_path(final, index, owner)
     if options.format == "full-json":
-        return export.FullJsonSink(path, options.target_model, {}, part=True)
-    return export.JsonlSink(path, part=True)
+        return export_files.FullJsonSink(path, options.target_model, {}, part=True)
+    return export_files.JsonlSink(path, part=True)
 
 
-def _finish_part(sink: export.Sink) -> SinkPart:
+def _finish_part(sink: export_files.Sink) -> SinkPart:
     if isinstance(sink, hub.ParquetSink):
         return SinkPart(sink.rows, shards=tuple(sink.finish_part()), num_bytes=sink.num_bytes)
     return SinkPart(sink.rows, path=sink.path, state=sink.finish_part())
@@ -180,10 +180,10 @@ def _plan(task: SliceTask, ids: list[uuid.UUID]) -> SamplePlan | None:
 def _render(task: SliceTask) -> SliceOutcome:
     started = time.perf_counter()
     options = task.options
-    run = export._Run(options, export._counter(options))
+    run = export_files.ExportRun(options, export_files.token_counter(options))
     ids = task.conversation_ids()
     run.plan = _plan(task, ids)
-    sinks: dict[str, export.Sink] = {}
+    sinks: dict[str, export_files.Sink] = {}
     engine = make_engine(task.url, application_name="reenrich-export", poolclass=NullPool)
     try:
         for split in task.splits:
@@ -272,7 +272,7 @@ def start_processes() -> None:
 def _gather(futures: list[Future[SliceOutcome]], stop: Event) -> list[SliceOutcome]:
     """Every slice's outcome; on the first failure the others are stopped, then it is raised."""
     outcomes: list[SliceOutcome] = []
-    failure: export.ExportError | None = None
+    failure: export_files.ExportError | None = None
     for future in as_completed(futures):
         try:
             outcomes.append(future.result())
@@ -335,8 +335,8 @@ def _add_report(into: ExportReport, part: ExportReport) -> None:
         _add_tally(into.splits[name], tally)
 
 
-def _merge(run: export._Run, outcomes: list[SliceOutcome],
-           sinks: dict[str, export.Sink]) -> None:
+def _merge(run: export_files.ExportRun, outcomes: list[SliceOutcome],
+           sinks: dict[str, export_files.Sink]) -> None:
     run.report.splits = {name: SplitTally(path=str(sink.path)) for name, sink in sinks.items()}
     for outcome in outcomes:
         _add_report(run.report, outcome.report)
@@ -353,7 +353,7 @@ def _merge(run: export._Run, outcomes: list[SliceOutcome],
     run.count_strata_rows()
 
 
-def _remove_parts(sinks: dict[str, export.Sink], owner: int) -> None:
+def _remove_parts(sinks: dict[str, export_files.Sink], owner: int) -> None:
     """Every part file of this export still on disk (a failed or stopped slice's)."""
     for split, sink in sinks.items():
         if isinstance(sink, hub.ParquetSink):
@@ -366,7 +366,7 @@ def _remove_parts(sinks: dict[str, export.Sink], owner: int) -> None:
                 path.unlink(missing_ok=True)
 
 
-def _tasks(conn: Connection, run: export._Run, order: list[uuid.UUID],
+def _tasks(conn: Connection, run: export_files.ExportRun, order: list[uuid.UUID],
            splits: tuple[str, ...]) -> list[SliceTask]:
     slices = cut(order, run.options.workers)
     if not slices:
@@ -385,8 +385,8 @@ def _tasks(conn: Connection, run: export._Run, order: list[uuid.UUID],
     return tasks
 
 
-def write_slices(conn: Connection, run: export._Run, ids: Sequence[uuid.UUID],
-                 sinks: dict[str, export.Sink]) -> None:
+def write_slices(conn: Connection, run: export_files.ExportRun, ids: Sequence[uuid.UUID],
+                 sinks: dict[str, export_files.Sink]) -> None:
     """The stream pass of `run` in slices, into `sinks` (in the snapshot `conn` holds open)."""
     order = dataset.export_order(conn, ids)
     tasks = _tasks(conn, run, order, tuple(sinks))
