@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 
 from tests.conftest import ROOT, cli_env, run_cli
 from tests.helpers import import_records, seed
@@ -476,3 +476,17 @@ def test_documents_are_stored_with_the_columns_own_compression(
     stored = raw.execute("SELECT DISTINCT pg_column_compression(enriched_json) "
                          "FROM conversations").fetchall()
     assert stored == [(expected,)]
+
+
+def test_pages_are_never_prepared_statements(engine: Engine, tmp_path: Path) -> None:
+    # A prepared page query turns generic after a few pages: its optional bounds
+    # can then not use the key index, and every page sorts the rest of the table.
+    seed(engine, tmp_path, count=30)
+    with engine.connect() as conn:
+        after = None
+        for _ in range(15):
+            rows = repository.read_page(conn, after=after, upper=None, filters=Filters(),
+                                        limit=2)
+            after = rows[-1].conversation_id
+        prepared = conn.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar()
+    assert prepared == 0

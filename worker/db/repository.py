@@ -243,7 +243,7 @@ def _row_to_stored(m: dict[str, Any]) -> StoredRow:
 
 def _read(conn: Connection, sql: str, params: dict[str, Any]) -> list[StoredRow]:
     with _raw(conn).cursor(binary=True, row_factory=dict_row) as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, params)  # never prepared (db/engine.py: connect_args)
         return [_row_to_stored(row) for row in cursor]
 
 
