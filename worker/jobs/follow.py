@@ -61,7 +61,7 @@ class FollowOptions:
 class FollowTotals:
     batches: int = 0
     processed: int = 0
-    enriched: int = 0
+    updated: int = 0  # logged and stored as rows_enriched (stable names for monitoring)
     unchanged: int = 0
     failed: int = 0
     reconnects: int = 0
@@ -310,7 +310,7 @@ class Follower:
         t = self.totals
         t.batches += 1
         t.processed += counts.processed
-        t.enriched += counts.updated
+        t.updated += counts.updated
         t.unchanged += counts.unchanged
         t.failed += counts.failed
         latencies = sorted(result.dequeued.values())
@@ -331,7 +331,7 @@ class Follower:
             self.next_heartbeat = now + self.options.heartbeat_seconds
             t = self.totals
             period = {"batches": t.batches, "batches_since_last": t.batches - self.last_batches,
-                      "rows_processed": t.processed, "rows_enriched": t.enriched,
+                      "rows_processed": t.processed, "rows_enriched": t.updated,
                       "mark_to_write_ms_p95": _ms(statistics.quantiles(t.latencies, n=20)[-1])
                       if len(t.latencies) >= 2 else None}
             self.last_batches = t.batches
@@ -357,7 +357,7 @@ class Follower:
                                 "running until its heartbeat is stale")
         t = self.totals
         log.info("follow.stopped", batches=t.batches, rows_processed=t.processed,
-                 rows_enriched=t.enriched, rows_unchanged=t.unchanged, rows_failed=t.failed,
+                 rows_enriched=t.updated, rows_unchanged=t.unchanged, rows_failed=t.failed,
                  reconnects=t.reconnects)
 
 
