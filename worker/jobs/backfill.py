@@ -22,9 +22,8 @@ from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 import structlog
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
-from worker.db import checkpoints, repository
 from worker.db.checkpoints import LeaseLost, Run, Slice
 from worker.db.engine import backoff_seconds, is_connection_error
 from worker.db.repository import Filters, Limits
@@ -44,6 +43,7 @@ from worker.jobs.follow import worker_id
 from worker.jobs.pacing import Pacer
 from worker.jobs.progress import Progress
 from worker.jobs.run_state import FINISHED, RunStatus
+from worker.jobs.store import RunStore, read_pages
 
 log = structlog.get_logger("reenrich.backfill")
 T = TypeVar("T")
@@ -184,19 +184,12 @@ class _Ahead(threading.Thread, Generic[T]):
 
 def _fetch(engine: Engine, after: uuid.UUID | None, upper: uuid.UUID | None, filters: Filters,
            pacer: Pacer) -> Iterator[_Fetched]:
-    """Pages of the key range (after, upper], in key order."""
-    with engine.connect() as conn:
-        while True:
-            started = time.monotonic()
-            size = pacer.next_size()
-            rows = repository.read_page(conn, after=after, upper=upper, filters=filters,
-                                        limit=size)
-            conn.rollback()  # end the read transaction: no snapshot held between pages
-            end = len(rows) < size
-            yield _Fetched(rows, end, time.monotonic() - started)
-            if end:
-                return
-            after = rows[-1].conversation_id
+    """Pages of the key range (after, upper], in key order, sized by the pacer."""
+    started = time.monotonic()
+    for rows, size in read_pages(engine, after=after, upper=upper, filters=filters,
+                                 next_size=pacer.next_size):
+        yield _Fetched(rows, len(rows) < size, time.monotonic() - started)
+        started = time.monotonic()
 
 
 def _enrich(fetcher: _Ahead[_Fetched], processor: Processor) -> Iterator[_Page]:
@@ -214,10 +207,10 @@ def _enrich(fetcher: _Ahead[_Fetched], processor: Processor) -> Iterator[_Page]:
 
 
 class _SliceWorker:
-    def __init__(self, engine: Engine, conn: Connection, processor: Processor, run: Run,
+    def __init__(self, engine: Engine, store: RunStore, processor: Processor, run: Run,
                  options: BackfillOptions, owner: str, stop: threading.Event,
                  progress: Progress, totals: BackfillResult) -> None:
-        self.engine, self.conn, self.processor, self.run = engine, conn, processor, run
+        self.engine, self.store, self.processor, self.run = engine, store, processor, run
         self.options, self.owner, self.stop = options, owner, stop
         self.progress, self.totals = progress, totals
         self.pacer = Pacer(fixed_size=options.batch_size,
@@ -242,7 +235,8 @@ class _SliceWorker:
                 if self.stop.is_set() or self._page_budget_spent():
                     return False
                 page = reader.get()
-                committed, status = self._commit(sl, page)
+                committed, status = self.store.commit_page(self.run.name, sl, page.outcome,
+                                                           done=page.end)
                 sl = replace(sl, cursor=page.outcome.last_id or sl.cursor)
                 now = time.monotonic()
                 self.pages_done += 1
@@ -261,25 +255,6 @@ class _SliceWorker:
             halt.set()
             reader.join(timeout=30)
             fetcher.join(timeout=30)
-
-    def _commit(self, sl: Slice, page: _Page) -> tuple[batch.Committed, RunStatus]:
-        """The page's writes and its checkpoint, in one transaction."""
-        outcome = page.outcome
-        cursor = outcome.last_id or sl.cursor or sl.lower_bound
-
-        def work(conn: Connection, mode: batch.Mode) -> tuple[batch.Committed, RunStatus]:
-            committed = batch.write_outcome(conn, self.processor, outcome,
-                                            run_name=self.run.name, mode=mode)
-            status = checkpoints.advance(
-                conn, run=self.run.name, slice_no=sl.slice_no, owner=self.owner,
-                cursor=cursor, counts=committed.counts, done=page.end,
-                lease_seconds=self.options.lease_seconds)
-            return committed, status
-
-        ids = [c.conversation_id for c in outcome.changed] + \
-              [f.conversation_id for f in outcome.failed]
-        return batch.commit(self.conn, work, held=lambda: batch.held_rows(self.conn, ids),
-                            limits=self.options.limits, stop=self.stop)
 
     def _page_budget_spent(self) -> bool:
         return self.options.max_pages is not None and self.pages_done >= self.options.max_pages
@@ -308,38 +283,30 @@ class _SliceWorker:
 # ------------------------------------------------------------------ the run
 
 
-def _resolve_run(conn: Connection, options: BackfillOptions,
-                 processor: Processor) -> tuple[Run, bool]:
+def _resolve_run(store: RunStore, options: BackfillOptions) -> tuple[Run, bool]:
     """The run this invocation works on, and whether it is already finished."""
     filters = options.filters
     name = options.run_name
-    existing = checkpoints.get_run(conn, name) if name else \
-        checkpoints.latest_unfinished_run(conn, filters)
+    existing = store.find_run(name, filters)
     if existing is None:
         name = name or new_run_name()
         workers = max(1, options.workers)
         slices = 1 if workers == 1 else workers * SLICES_PER_WORKER
-        total = repository.count_rows(conn, filters=filters)
-        checkpoints.create_run(conn, name=name, filters=filters, version=processor.version,
-                               workers=workers, total=total, bounds=slice_bounds(slices))
-        log.info("backfill.started", run=name, total=total, workers=workers, slices=slices,
-                 filters=filters.as_json())
-        run = checkpoints.get_run(conn, name)
-        assert run is not None
+        run = store.create_run(name=name, filters=filters, workers=workers,
+                               bounds=slice_bounds(slices))
+        log.info("backfill.started", run=name, total=run.total, workers=workers,
+                 slices=slices, filters=filters.as_json())
         return run, False
     if name is None:
         log.info("backfill.resuming", run=existing.name, status=existing.status,
                  processed=existing.processed, total=existing.total)
     if options.restart:
-        total = repository.count_rows(conn, filters=existing.filters)
-        if not checkpoints.restart_run(conn, name=existing.name, version=processor.version,
-                                       total=total):
+        restarted = store.restart_run(existing)
+        if restarted is None:
             raise RunBusy(f"run {existing.name!r} is being processed by another process: "
                           "wait for it or stop it before --restart")
-        log.info("backfill.restarted", run=existing.name, total=total)
-        run = checkpoints.get_run(conn, existing.name)
-        assert run is not None
-        return run, False
+        log.info("backfill.restarted", run=existing.name, total=restarted.total)
+        return restarted, False
     if existing.status in FINISHED:
         log.info("backfill.already_finished", run=existing.name, status=existing.status,
                  hint="pass --restart to run it again")
@@ -361,14 +328,15 @@ def run_backfill(engine: Engine, processor: Processor, options: BackfillOptions,
     if options.dry_run:
         return dry_run(engine, processor, options, stop)
     owner = worker_id()  # named like a follow worker: host, pid, a random tag
-    with engine.connect() as conn:
-        with conn.begin():
-            run, finished = _resolve_run(conn, options, processor)
+    store = RunStore.open(engine, processor, owner=owner, lease_seconds=options.lease_seconds,
+                          limits=options.limits, stop=stop)
+    try:
+        run, finished = _resolve_run(store, options)
         if finished:  # nothing to do: this invocation processed nothing
             return BackfillResult(run_name=run.name, status=run.status)
         with structlog.contextvars.bound_contextvars(run=run.name, worker=owner):
             children = _spawn_children(options, run.name) if options.workers > 1 else []
-            result = _work_resilient(engine, conn, processor, run, options, owner, stop)
+            result = _work_resilient(engine, store, processor, run, options, stop)
             for child in children:
                 if stop.is_set():
                     child.terminate()
@@ -378,11 +346,12 @@ def run_backfill(engine: Engine, processor: Processor, options: BackfillOptions,
                     result.exit_code = max(result.exit_code, 1)
             if children and result.exit_code != 1:
                 # The helpers may have finished the run after this process ran out of slices.
-                final = checkpoints.get_run(conn, run.name)
-                conn.rollback()
+                final = store.get_run(run.name)
                 if final is not None:
                     result = _final_result(final, result.processed)
         return result
+    finally:
+        store.close()
 
 
 EXIT_BY_STATUS = {
@@ -424,19 +393,19 @@ def end_of_work(*, slices_left: int, others_working: bool, claimed_any: bool,
     return Ending(RunStatus.INTERRUPTED, busy=False)
 
 
-def _work_resilient(engine: Engine, conn: Connection, processor: Processor, run: Run,
-                    options: BackfillOptions, owner: str, stop: threading.Event
-                    ) -> BackfillResult:
+def _work_resilient(engine: Engine, store: RunStore, processor: Processor, run: Run,
+                    options: BackfillOptions, stop: threading.Event) -> BackfillResult:
     """`_work`, reconnecting with backoff while the database is away (a restart)."""
     totals = BackfillResult(run_name=run.name, status=RunStatus.RUNNING)
     progress = Progress(total=max(0, (run.total or 0) - run.processed))
-    worker = _SliceWorker(engine, conn, processor, run, options, owner, stop, progress, totals)
+    worker = _SliceWorker(engine, store, processor, run, options, store.owner, stop, progress,
+                          totals)
     lost_since: float | None = None
     attempt = 0
     while True:
         pages_before = worker.pages_done
         try:
-            return _work(conn, run, options, owner, stop, worker)
+            return _work(store, run, options, stop, worker)
         except Exception as exc:
             if not is_connection_error(exc):
                 raise
@@ -446,7 +415,7 @@ def _work_resilient(engine: Engine, conn: Connection, processor: Processor, run:
             error = _one_line(exc)
             waited = time.monotonic() - lost_since
             if waited >= options.reconnect_seconds or stop.is_set():
-                _record_interrupted(conn, run.name, error)
+                _record_interrupted(store, run.name, error)
                 raise DatabaseGone(
                     f"lost the database and could not reconnect for {waited:.0f} s ({error}); "
                     f"run {run.name} stopped after its last committed page: resume with "
@@ -455,7 +424,7 @@ def _work_resilient(engine: Engine, conn: Connection, processor: Processor, run:
             delay = min(backoff_seconds(attempt), options.reconnect_seconds - waited)
             log.warning("backfill.reconnecting", attempt=attempt, delay_seconds=round(delay, 2),
                         waited_seconds=round(waited, 1), error=error)
-            _reset(conn)
+            store.reset()
             stop.wait(max(0.0, delay))
 
 
@@ -465,43 +434,29 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(orig).__name__}: {lines[0] if lines else ''}"
 
 
-def _reset(conn: Connection) -> None:
-    """Drop a broken connection so the next statement opens a new one."""
-    for step in (conn.invalidate, conn.rollback):
-        try:
-            step()
-        except Exception as exc:  # it is broken already; the next use reconnects
-            log.debug("backfill.reset_error", error=_one_line(exc))
-
-
-def _record_interrupted(conn: Connection, run: str, error: str) -> None:
+def _record_interrupted(store: RunStore, run: str, error: str) -> None:
     """Best effort: the database may still be away (then `status` shows it running)."""
-    _reset(conn)
+    store.reset()
     try:
-        with conn.begin():
-            checkpoints.move_run(conn, run, RunStatus.INTERRUPTED, f"database lost: {error}")
+        store.move_run(run, RunStatus.INTERRUPTED, f"database lost: {error}")
     except Exception as exc:
         log.debug("backfill.record_interrupted_failed", error=_one_line(exc))
 
 
-def _work(conn: Connection, run: Run, options: BackfillOptions, owner: str,
-          stop: threading.Event, worker: _SliceWorker) -> BackfillResult:
+def _work(store: RunStore, run: Run, options: BackfillOptions, stop: threading.Event,
+          worker: _SliceWorker) -> BackfillResult:
     totals, progress = worker.totals, worker.progress
     claimed_any = False
     try:
         while not stop.is_set() and not worker._page_budget_spent():
-            with conn.begin():
-                sl = checkpoints.claim_slice(conn, run=run.name, owner=owner,
-                                             lease_seconds=options.lease_seconds)
+            sl = store.claim_slice(run.name)
             if sl is None:
                 break
             claimed_any = True
             log.info("backfill.slice_claimed", slice=sl.slice_no,
                      cursor=str(sl.cursor) if sl.cursor else None)
             if not worker.process(sl):
-                with conn.begin():
-                    checkpoints.release_slice(conn, run=run.name, slice_no=sl.slice_no,
-                                              owner=owner)
+                store.release_slice(run.name, sl.slice_no)
                 break
     except LeaseLost as exc:
         log.error("backfill.lease_lost", error=str(exc))
@@ -512,33 +467,29 @@ def _work(conn: Connection, run: Run, options: BackfillOptions, owner: str,
         if is_connection_error(exc):
             raise
         progress.close()
-        _reset(conn)
+        store.reset()
         error = _one_line(exc)
-        with conn.begin():
-            checkpoints.move_run(conn, run.name, RunStatus.FAILED, error)
+        store.move_run(run.name, RunStatus.FAILED, error)
         log.error("backfill.failed", error=error,
                   hint="fix the cause, then run the same command to resume")
         raise
     progress.close()
-    return _end(conn, run, options, totals, claimed_any=claimed_any,
+    return _end(store, run, options, totals, claimed_any=claimed_any,
                 cancelled=worker.cancelled)
 
 
-def _end(conn: Connection, run: Run, options: BackfillOptions, totals: BackfillResult, *,
+def _end(store: RunStore, run: Run, options: BackfillOptions, totals: BackfillResult, *,
          claimed_any: bool, cancelled: bool) -> BackfillResult:
-    with conn.begin():
-        left = checkpoints.slices_left(conn, run.name)
-        busy = checkpoints.live_owners(conn, run.name) if left else []
-        ending = end_of_work(slices_left=left, others_working=bool(busy),
-                             claimed_any=claimed_any, joining=options.join,
-                             cancelled=cancelled)
-        if ending.move_to is RunStatus.SUCCEEDED:
-            checkpoints.finish_run(conn, run.name)
-        elif ending.move_to is not None:
-            checkpoints.move_run(conn, run.name, ending.move_to)
-    final = checkpoints.get_run(conn, run.name)
-    conn.commit()
-    assert final is not None
+    endings: list[Ending] = []
+
+    def decide(slices_left: int, others: list[str]) -> RunStatus | None:
+        endings.append(end_of_work(slices_left=slices_left, others_working=bool(others),
+                                   claimed_any=claimed_any, joining=options.join,
+                                   cancelled=cancelled))
+        return endings[-1].move_to
+
+    settled = store.settle(run.name, decide)
+    ending, left, busy, final = endings[-1], settled.slices_left, settled.others, settled.run
     if ending.busy:
         log.error("backfill.run_busy", owners=busy,
                   message=f"run {run.name!r} is being processed by another process")
