@@ -23,19 +23,20 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import closing
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import structlog
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from worker.db import queue
 from worker.db.engine import backoff_seconds, connect_args, is_connection_error, libpq_url
 from worker.db.repository import Limits
 from worker.enrichment.processing import Processor
-from worker.jobs.writes import BatchResult, enrich_batch, enrich_pending, log_row_failures
+from worker.jobs.store import QueueStore
+from worker.jobs.writes import BatchResult, log_row_failures
 
 log = structlog.get_logger("reenrich.follow")
 
@@ -115,6 +116,12 @@ class Follower:
         self._shutdown()
         return self.totals
 
+    def _store(self) -> AbstractContextManager[QueueStore]:
+        """A lane's store, on a connection of its own."""
+        return QueueStore.connect(self.engine, self.processor, worker=self.worker,
+                                  lease_seconds=self.options.lease_seconds,
+                                  limits=self.options.limits)
+
     def _listen(self) -> psycopg.Connection[Any]:
         listener = psycopg.connect(libpq_url(self.url), autocommit=True, connect_timeout=10,
                                    **connect_args(self.url, APPLICATION_NAME))
@@ -123,35 +130,31 @@ class Follower:
 
     def _session(self) -> None:
         self.connected = False
-        with closing(self._listen()) as listener, self.engine.connect() as conn:
+        with closing(self._listen()) as listener, self._store() as store:
             if not self.registered:
                 if self.check_schema is not None:
                     self.check_schema()
-                with conn.begin():
-                    queue.register_worker(conn, worker=self.worker, host=socket.gethostname(),
-                                          pid=os.getpid(),
-                                          heartbeat_seconds=self.options.heartbeat_seconds)
+                store.register(host=socket.gethostname(), pid=os.getpid(),
+                               heartbeat_seconds=self.options.heartbeat_seconds)
                 self.registered = True
                 log.info("follow.started", channel=queue.CHANNEL,
                          poll_interval=self.options.poll_interval,
                          batch_size=self.options.batch_size)
             else:
-                with conn.begin():
-                    queue.heartbeat(conn, worker=self.worker)
-                    # A batch cut off by the lost connection was rolled back: its
-                    # claims are free again now, not when the lease ends.
-                    released = queue.release(conn, worker=self.worker)
+                # A batch cut off by the lost connection was rolled back: its
+                # claims are free again now, not when the lease ends.
+                released = store.rejoin()
                 log.info("follow.reconnected", channel=queue.CHANNEL, released=released)
             self.connected = True
             # Whatever was marked while this worker was away (or before the
             # LISTEN took effect) is drained before waiting.
             why = "start"
             while not self.stop.is_set():
-                self._drain(conn, why)
-                self._heartbeat_if_due(conn)
-                why = self._wait(listener, conn)
+                self._drain(store, why)
+                self._heartbeat_if_due(store)
+                why = self._wait(listener, store)
 
-    def _wait(self, listener: psycopg.Connection[Any], conn: Connection) -> str:
+    def _wait(self, listener: psycopg.Connection[Any], store: QueueStore) -> str:
         """'notify', 'poll' or 'stop': whichever comes first."""
         deadline = time.monotonic() + self.options.poll_interval
         while not self.stop.is_set():
@@ -166,12 +169,12 @@ class Follower:
                 for _ in listener.notifies(timeout=0):
                     pass
                 return "notify"
-            self._heartbeat_if_due(conn)
+            self._heartbeat_if_due(store)
         return "stop"
 
     # -------------------------------------------------------------- the work
 
-    def _drain(self, conn: Connection, why: str) -> None:
+    def _drain(self, store: QueueStore, why: str) -> None:
         """Work until nothing is left, in every lane: queue marks, new rows, edits."""
         errors: list[BaseException] = []
         done: list[int] = []
@@ -188,7 +191,7 @@ class Follower:
             for lane in lanes:
                 lane.start()
 
-        rows = self._drain_lane(conn, on_burst=start_lanes)
+        rows = self._drain_lane(store, on_burst=start_lanes)
         for lane in lanes:
             lane.join()
         rows += sum(done)
@@ -203,17 +206,17 @@ class Follower:
 
     def _lane(self, errors: list[BaseException], done: list[int]) -> None:
         try:
-            with self.engine.connect() as conn:
-                done.append(self._drain_lane(conn))
+            with self._store() as store:
+                done.append(self._drain_lane(store))
         except Exception as exc:
             errors.append(exc)
 
-    def _drain_lane(self, conn: Connection,
+    def _drain_lane(self, store: QueueStore,
                     on_burst: Callable[[], None] | None = None) -> int:
         rows = 0
         while not self.stop.is_set():
             try:
-                done = self._marked(conn) + self._pending(conn) + self._expansions(conn)
+                done = self._marked(store) + self._pending(store) + self._expansions(store)
             except Exception as exc:
                 if is_connection_error(exc):
                     raise
@@ -222,9 +225,7 @@ class Follower:
                 error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
                 log.error("follow.batch_failed", error=error,
                           retry_after_seconds=self.options.lease_seconds)
-                conn.rollback()
-                with conn.begin():
-                    queue.heartbeat(conn, worker=self.worker, error=error)
+                store.record_error(error)
                 break
             if not done:
                 break
@@ -234,71 +235,58 @@ class Follower:
                 on_burst = None
         return rows
 
-    def _marked(self, conn: Connection) -> int:
+    def _marked(self, store: QueueStore) -> int:
         """One batch of queue marks (edited conversations, logs, reviews); rows done."""
-        with conn.begin():
-            claimed = queue.claim(conn, worker=self.worker, limit=self.options.batch_size,
-                                  lease_seconds=self.options.lease_seconds)
-        if not claimed:
+        ids = store.claim_batch(self.options.batch_size)
+        if not ids:
             return 0
-        ids = [c.conversation_id for c in claimed]
-        result = enrich_batch(conn, self.processor, ids, skip_locked=True,
-                              worker=self.worker, limits=self.options.limits)
+        result = store.enrich_ids(ids)
         left = [i for i in ids if i not in result.dequeued]
         if left:
             # Held by another transaction, or marked again meanwhile: free the
             # claim so the next pass (any worker) takes them.
-            with conn.begin():
-                queue.release(conn, worker=self.worker, ids=left)
+            store.release(left)
         self._report(result, len(ids), len(left))
-        self._heartbeat_if_due(conn)
+        self._heartbeat_if_due(store)
         return len(result.dequeued)  # 0: what is left is held by others; next wake
 
-    def _pending(self, conn: Connection) -> int:
+    def _pending(self, store: QueueStore) -> int:
         """One batch of new conversations (their status is the mark); rows done."""
-        result = enrich_pending(conn, self.processor, limit=self.options.batch_size,
-                                worker=self.worker, limits=self.options.limits)
+        result = store.enrich_pending(self.options.batch_size)
         if result.results:
             self._report(result, len(result.results), 0)
-            self._heartbeat_if_due(conn)
+            self._heartbeat_if_due(store)
         return len(result.results)
 
-    def _expansions(self, conn: Connection) -> int:
+    def _expansions(self, store: QueueStore) -> int:
         """Expand one scaffolding edit into its conversations, page by page; rows done."""
-        with conn.begin():
-            edit = queue.claim_edit(conn, worker=self.worker,
-                                    lease_seconds=self.options.lease_seconds)
+        edit = store.claim_edit()
         if edit is None:
             return 0
         log.info("follow.expansion_started", kind=edit.kind, scaffold_id=str(edit.scaffold_id),
                  edits=edit.edits, cursor=str(edit.cursor) if edit.cursor else None)
         rows, after = 0, edit.cursor
         while not self.stop.is_set():
-            with conn.begin():
-                ids = queue.edit_users(conn, edit, after=after, limit=self.options.batch_size)
+            ids = store.edit_users(edit, after=after, limit=self.options.batch_size)
             if ids:
-                result = enrich_batch(conn, self.processor, ids, skip_locked=True,
-                                      worker=self.worker, limits=self.options.limits)
+                result = store.enrich_ids(ids)
                 if result.not_locked:  # held right now: the queue finishes them
-                    with conn.begin():
-                        queue.mark(conn, result.not_locked, why=edit.kind)
+                    store.mark(result.not_locked, why=edit.kind)
                 self._report(result, len(ids), len(result.not_locked))
                 rows += len(ids)
-            with conn.begin():
-                if len(ids) < self.options.batch_size:
-                    finished = queue.finish_edit(conn, edit)
-                    log.info("follow.expansion_finished", kind=edit.kind, rows=rows,
-                             scaffold_id=str(edit.scaffold_id), restarted=not finished)
-                    return rows or 1
-                after = ids[-1]
-                if not queue.advance_edit(conn, edit, worker=self.worker, cursor=after):
-                    log.info("follow.expansion_restarted", kind=edit.kind, rows=rows,
-                             scaffold_id=str(edit.scaffold_id),
-                             message="edited again while expanding: starting over")
-                    return rows or 1
-            self._heartbeat_if_due(conn)
-        with conn.begin():
-            queue.release_edit(conn, edit, worker=self.worker)
+            if len(ids) < self.options.batch_size:
+                finished = store.finish_edit(edit)
+                log.info("follow.expansion_finished", kind=edit.kind, rows=rows,
+                         scaffold_id=str(edit.scaffold_id), restarted=not finished)
+                return rows or 1
+            after = ids[-1]
+            if not store.advance_edit(edit, after):
+                log.info("follow.expansion_restarted", kind=edit.kind, rows=rows,
+                         scaffold_id=str(edit.scaffold_id),
+                         message="edited again while expanding: starting over")
+                return rows or 1
+            self._heartbeat_if_due(store)
+        store.release_edit(edit)
         return rows
 
     def _report(self, result: BatchResult, claimed: int, left: int) -> None:
@@ -322,7 +310,7 @@ class Follower:
                  mark_to_write_ms_median=_ms(statistics.median(latencies)) if latencies else None,
                  mark_to_write_ms_max=_ms(latencies[-1]) if latencies else None)
 
-    def _heartbeat_if_due(self, conn: Connection) -> None:
+    def _heartbeat_if_due(self, store: QueueStore) -> None:
         # Any lane may beat (on its own connection); the lock makes it one per period.
         with self.lock:
             now = time.monotonic()
@@ -336,9 +324,7 @@ class Follower:
                       if len(t.latencies) >= 2 else None}
             self.last_batches = t.batches
             t.latencies.clear()
-        with conn.begin():
-            queue.heartbeat(conn, worker=self.worker)
-            stats = queue.queue_stats(conn)
+        stats = store.heartbeat()
         log.info("follow.heartbeat", queue_depth=stats.depth, queue_claimed=stats.claimed,
                  **period)
 
@@ -346,9 +332,8 @@ class Follower:
         if not self.registered:
             return
         try:
-            with self.engine.connect() as conn, conn.begin():
-                queue.release(conn, worker=self.worker)
-                queue.stop_worker(conn, worker=self.worker)
+            with self._store() as store:
+                store.stop()
         except Exception as exc:
             if not is_connection_error(exc):
                 raise

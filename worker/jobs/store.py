@@ -1,12 +1,12 @@
-"""The backfill's store: every transaction a backfill process makes, one method each,
-and the paged read its fetch stage runs.
+"""The loops' stores: every transaction a backfill process or a follow lane makes,
+one method each, and the paged read of the backfill's fetch stage.
 
-The backfill loop asks for steps (claim a slice, commit a page, settle the run)
-and never holds a connection or orders statements itself, as a queue worker
-never sees SQL. Each method is one transaction on the process's connection;
+The loops ask for steps (claim a slice, commit a page, claim a batch, enrich
+these ids) and never hold a connection or order statements themselves, as a
+queue worker never sees SQL. Each method is one transaction on the store's connection;
 `commit_page` keeps a page's writes and its checkpoint in one, which is what
 lets a killed process resume exactly after its last committed page. The SQL is
-in `worker/db/` (checkpoints, repository); the write path's fault handling in
+in `worker/db/` (checkpoints, repository, queue); the write path's fault handling in
 `worker/jobs/writes.py`.
 """
 
@@ -15,12 +15,13 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import Connection, Engine
 
-from worker.db import checkpoints, repository
+from worker.db import checkpoints, queue, repository
 from worker.db.checkpoints import Run, Slice
 from worker.db.repository import Filters, Limits
 from worker.enrichment.processing import PageOutcome, Processor
@@ -166,3 +167,107 @@ class RunStore:
                 step()
             except Exception as exc:  # it is broken already; the next use reconnects
                 log.debug("backfill.reset_error", error=f"{type(exc).__name__}: {exc}")
+
+
+class QueueStore:
+    """One follow lane's transactions on its own connection (each method one transaction).
+
+    The follower asks for steps (claim a batch, enrich these ids, expand an
+    edit a page further) and holds no connection or statement order itself.
+    """
+
+    def __init__(self, conn: Connection, processor: Processor, *, worker: str,
+                 lease_seconds: float, limits: Limits) -> None:
+        self.conn, self.processor, self.worker = conn, processor, worker
+        self.lease_seconds, self.limits = lease_seconds, limits
+
+    @classmethod
+    @contextmanager
+    def connect(cls, engine: Engine, processor: Processor, *, worker: str,
+                lease_seconds: float, limits: Limits) -> Iterator[QueueStore]:
+        with engine.connect() as conn:
+            yield cls(conn, processor, worker=worker, lease_seconds=lease_seconds,
+                      limits=limits)
+
+    # ------------------------------------------------------------ the worker
+
+    def register(self, *, host: str, pid: int, heartbeat_seconds: float) -> None:
+        with self.conn.begin():
+            queue.register_worker(self.conn, worker=self.worker, host=host, pid=pid,
+                                  heartbeat_seconds=heartbeat_seconds)
+
+    def rejoin(self) -> int:
+        """After a reconnect: alive again, and the claims a cut-off batch held freed now."""
+        with self.conn.begin():
+            queue.heartbeat(self.conn, worker=self.worker)
+            return queue.release(self.conn, worker=self.worker)
+
+    def heartbeat(self) -> queue.QueueStats:
+        with self.conn.begin():
+            queue.heartbeat(self.conn, worker=self.worker)
+            return queue.queue_stats(self.conn)
+
+    def record_error(self, error: str) -> None:
+        """A statement the database refused: roll it back, say so in the worker's row."""
+        self.conn.rollback()
+        with self.conn.begin():
+            queue.heartbeat(self.conn, worker=self.worker, error=error)
+
+    def stop(self) -> None:
+        with self.conn.begin():
+            queue.release(self.conn, worker=self.worker)
+            queue.stop_worker(self.conn, worker=self.worker)
+
+    # ------------------------------------------------------ marks and rows
+
+    def claim_batch(self, limit: int) -> list[uuid.UUID]:
+        """Up to `limit` queue marks, claimed for this worker's lease."""
+        with self.conn.begin():
+            claimed = queue.claim(self.conn, worker=self.worker, limit=limit,
+                                  lease_seconds=self.lease_seconds)
+        return [c.conversation_id for c in claimed]
+
+    def release(self, ids: list[uuid.UUID]) -> None:
+        with self.conn.begin():
+            queue.release(self.conn, worker=self.worker, ids=ids)
+
+    def enrich_ids(self, ids: list[uuid.UUID]) -> writes.BatchResult:
+        """Enrich these rows through the conditional write, skipping rows others hold."""
+        return writes.enrich_batch(self.conn, self.processor, ids, skip_locked=True,
+                                   worker=self.worker, limits=self.limits)
+
+    def enrich_pending(self, limit: int) -> writes.BatchResult:
+        """Up to `limit` new conversations (their status is the mark)."""
+        return writes.enrich_pending(self.conn, self.processor, limit=limit,
+                                     worker=self.worker, limits=self.limits)
+
+    def mark(self, ids: list[uuid.UUID], why: str) -> None:
+        with self.conn.begin():
+            queue.mark(self.conn, ids, why=why)
+
+    # ---------------------------------------------------- scaffolding edits
+
+    def claim_edit(self) -> queue.Edit | None:
+        with self.conn.begin():
+            return queue.claim_edit(self.conn, worker=self.worker,
+                                    lease_seconds=self.lease_seconds)
+
+    def edit_users(self, edit: queue.Edit, *, after: uuid.UUID | None,
+                   limit: int) -> list[uuid.UUID]:
+        """The next page of the conversations an edit touches (keyset on its foreign key)."""
+        with self.conn.begin():
+            return queue.edit_users(self.conn, edit, after=after, limit=limit)
+
+    def finish_edit(self, edit: queue.Edit) -> bool:
+        """Done with it; False when it was edited again meanwhile (it starts over)."""
+        with self.conn.begin():
+            return queue.finish_edit(self.conn, edit)
+
+    def advance_edit(self, edit: queue.Edit, cursor: uuid.UUID) -> bool:
+        """Record the expansion's cursor; False when it was edited again meanwhile."""
+        with self.conn.begin():
+            return queue.advance_edit(self.conn, edit, worker=self.worker, cursor=cursor)
+
+    def release_edit(self, edit: queue.Edit) -> None:
+        with self.conn.begin():
+            queue.release_edit(self.conn, edit, worker=self.worker)
