@@ -37,13 +37,6 @@ from worker.enrichment.rows import Changed, Failed, RawJsonb, StoredRow
 set_json_loads(orjson.loads)
 
 
-class _RawJsonbDumper(Dumper):
-    oid = psycopg.adapters.types["jsonb"].oid
-
-    def dump(self, obj: Any) -> bytes:
-        return bytes(obj)
-
-
 class _RawJsonbBinaryDumper(Dumper):
     # jsonb's binary form is a version byte and the text: no escaping on
     # either side, which the text COPY of 50 kB documents pays for per byte.
@@ -62,13 +55,14 @@ def _raw(conn: Connection) -> psycopg.Connection[Any]:
 
 # ------------------------------------------------------------------ the page
 
-# One query per page: the rows with their scaffolding and latest system
-# prompt. Keyset pagination on the primary key, never OFFSET; optional
-# filters are written in SQL, never concatenated. The two reads run on the
+# What a document is built from: each row with its scaffolding, latest
+# system prompt and current reviews, the row's version and its queue mark.
+# One text, two ways to pick the rows (a page of the key range, or given ids):
+# two queries, so each gets the plan that uses its index. Both run on the
 # driver in binary (psycopg placeholders, still bound parameters): the parsed
 # document reaches the input hash as the server's UTF-8 bytes, without a
 # decode and re-encode that were most of a no-op run's time.
-PAGE_SQL = """
+INPUTS_SELECT = """
 SELECT c.conversation_id,
        c.created_at,
        c.quality_score,
@@ -110,6 +104,11 @@ LEFT JOIN LATERAL (
     FROM reviews r
     WHERE r.conversation_id = c.conversation_id AND r.superseded_at IS NULL
 ) rv ON true
+"""
+
+# A page: keyset pagination on the primary key, never OFFSET; optional
+# filters written in SQL, never concatenated.
+PAGE_SQL = INPUTS_SELECT + """
 WHERE (CAST(%(after)s AS uuid) IS NULL OR c.conversation_id > %(after)s)
   AND (CAST(%(upper)s AS uuid) IS NULL OR c.conversation_id <= %(upper)s)
   AND (CAST(%(persona)s AS text) IS NULL OR p.persona_key = %(persona)s)
@@ -121,49 +120,8 @@ ORDER BY c.conversation_id
 LIMIT %(limit)s
 """
 
-# The same rows, selected by id (enrich, follow): same columns, same joins.
-BY_IDS_SQL = """
-SELECT c.conversation_id,
-       c.created_at,
-       c.quality_score,
-       convert_to(c.parsed_json::text, 'UTF8') AS parsed_json,
-       (c.persona_id IS NOT NULL OR c.emotional_arc_id IS NOT NULL
-        OR c.training_topic_id IS NOT NULL) AS has_reference,
-       c.enrichment_input_hash,
-       c.enriched_hash,
-       c.enrichment_status,
-       c.enrichment_error,
-       c.xmin::text                     AS row_version,
-       q.marks                          AS queue_marks,
-       p.id AS p_id, p.persona_key, p.name AS p_name, p.archetype, p.demographics,
-       p.financial_background,
-       a.id AS a_id, a.arc_key, a.name AS a_name, a.starting_emotion, a.ending_emotion,
-       a.response_techniques,
-       t.id AS t_id, t.topic_key, t.name AS t_name, t.complexity_level,
-       pt.template_name, pt.category,
-       gl.system_prompt,
-       rv.reviews
-FROM conversations c
-LEFT JOIN personas p          ON p.id = c.persona_id
-LEFT JOIN emotional_arcs a    ON a.id = c.emotional_arc_id
-LEFT JOIN training_topics t   ON t.id = c.training_topic_id
-LEFT JOIN prompt_templates pt ON pt.id = c.template_id
-LEFT JOIN enrichment_queue q  ON q.conversation_id = c.conversation_id
-LEFT JOIN LATERAL (
-    SELECT g.system_prompt
-    FROM generation_logs g
-    WHERE g.conversation_id = c.conversation_id
-    ORDER BY g.created_at DESC, g.id DESC
-    LIMIT 1
-) gl ON true
-LEFT JOIN LATERAL (
-    -- the current reviews (an input of the document: reviews.md)
-    SELECT jsonb_agg(jsonb_build_array(r.turn_number, r.status, r.notes, r.use_as_seed_example,
-                                       r.generate_variations_count, r.content_sha256)
-                     ORDER BY r.turn_number) AS reviews
-    FROM reviews r
-    WHERE r.conversation_id = c.conversation_id AND r.superseded_at IS NULL
-) rv ON true
+# The same rows, selected by id (enrich, follow).
+BY_IDS_SQL = INPUTS_SELECT + """
 WHERE c.conversation_id = ANY(%(ids)s)
 ORDER BY c.conversation_id
 """
@@ -403,7 +361,6 @@ def prepare_connection(conn: Connection, limits: Limits | None = None) -> None:
     limits = limits or Limits()
     if info.get("reenrich_limits") == limits:
         return
-    raw.adapters.register_dumper(RawJsonb, _RawJsonbDumper)
     raw.adapters.register_dumper(RawJsonb, _RawJsonbBinaryDumper)
     conn.execute(STAGE_DDL)
     method = conn.execute(TARGET_COMPRESSION).scalar_one()

@@ -23,7 +23,7 @@ class RawJsonb(bytes):
 class StoredRow:
     """A conversation as read for enrichment: what it is built from and what is stored now.
 
-    The parsed document stays text until `inputs` is asked for: a row whose
+    The parsed document stays JSON bytes until `inputs` is asked for: a row whose
     input hash is unchanged is never parsed (the cheap path of a no-op run).
     The parsed value is not kept, so a page never holds all its parsed documents.
     """
