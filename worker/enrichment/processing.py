@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -60,6 +61,15 @@ class RowResult:
     message: str | None = None
 
 
+def tally(results: Iterable[RowResult]) -> PageCounts:
+    """The counts of these results (one per row read): the one way rows are counted."""
+    by = dict.fromkeys(Outcome, 0)
+    for r in results:
+        by[r.outcome] += 1
+    return PageCounts(processed=sum(by.values()), updated=by[UPDATED], unchanged=by[UNCHANGED],
+                      failed=by[FAILED], deferred=by[DEFERRED])
+
+
 def estimate_document_bytes(parsed: Any, system_prompt: str) -> tuple[int, int]:
     """(turns, estimated bytes) of the document `parsed` would give, without building it.
 
@@ -91,15 +101,6 @@ class PageOutcome:
     enriched_bytes: int = 0
     last_id: uuid.UUID | None = None
 
-    def count(self, outcome: str) -> int:
-        return sum(1 for r in self.results if r.outcome == outcome)
-
-    def counts(self, written: int) -> PageCounts:
-        """Counts of this outcome once `written` rows were actually updated."""
-        failed = self.count(FAILED)
-        processed = len(self.results)
-        return PageCounts(processed=processed, updated=written, failed=failed,
-                          unchanged=processed - written - failed)
 
 
 def _ref(obj: Any) -> Any:

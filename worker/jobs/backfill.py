@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from worker.db.checkpoints import LeaseLost, Run, Slice
 from worker.db.engine import backoff_seconds, is_connection_error
 from worker.db.repository import Filters, Limits
-from worker.enrichment.processing import FAILED, PageOutcome, Processor
+from worker.enrichment.processing import FAILED, PageOutcome, Processor, tally
 from worker.enrichment.rows import PageCounts, StoredRow
 from worker.errors import (
     EXIT_CANCELLED,
@@ -522,7 +522,7 @@ def dry_run(engine: Engine, processor: Processor, options: BackfillOptions,
     pacer = Pacer(fixed_size=options.batch_size)
     for fetched in _fetch(engine, None, None, options.filters, pacer):
         outcome = processor.process(fetched.rows)
-        result.add(outcome.counts(written=len(outcome.changed)))
+        result.add(tally(outcome.results))  # as the write would count them
         for row in outcome.results:
             if row.outcome == FAILED:
                 log.warning("backfill.row_would_fail", conversation_id=str(row.conversation_id),

@@ -39,10 +39,10 @@ from worker.db.repository import Limits
 from worker.enrichment.processing import (
     DEFERRED,
     FAILED,
-    UPDATED,
     PageOutcome,
     Processor,
     RowResult,
+    tally,
 )
 from worker.enrichment.rows import Failed, PageCounts, RawJsonb
 
@@ -71,14 +71,7 @@ class Committed:
 
     @property
     def counts(self) -> PageCounts:
-        by = {o: 0 for o in (UPDATED, FAILED, DEFERRED)}
-        for r in self.results:
-            if r.outcome in by:
-                by[r.outcome] += 1
-        processed = len(self.results)
-        return PageCounts(processed=processed, updated=by[UPDATED], failed=by[FAILED],
-                          deferred=by[DEFERRED],
-                          unchanged=processed - by[UPDATED] - by[FAILED] - by[DEFERRED])
+        return tally(self.results)
 
     def failed(self) -> list[RowResult]:
         return [r for r in self.results if r.outcome == FAILED]
