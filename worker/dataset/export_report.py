@@ -177,6 +177,12 @@ class Lengths:
         self.completion.append(completion)
         self.total.append(prompt + completion)
 
+    def extend(self, other: Lengths) -> None:
+        """Another slice's rows after these (row order is kept)."""
+        self.prompt.extend(other.prompt)
+        self.completion.extend(other.completion)
+        self.total.extend(other.total)
+
     def stats(self) -> LengthStats:
         return LengthStats(summarize(self.prompt), summarize(self.completion),
                            summarize(self.total))
@@ -218,6 +224,16 @@ class SplitTally:
         self.personas[keys["persona"] or NONE_KEY] += 1
         self.arcs[keys["arc"] or NONE_KEY] += 1
         self.topics[keys["topic"] or NONE_KEY] += 1
+
+    def merge(self, other: SplitTally) -> None:
+        """Add another slice's counts of the same file."""
+        self.rows += other.rows
+        self.conversations += other.conversations
+        self.pairs += other.pairs
+        self.personas.update(other.personas)
+        self.arcs.update(other.arcs)
+        self.topics.update(other.topics)
+        self.rows_per_stratum.update(other.rows_per_stratum)
 
     def summary(self) -> SplitSummary:
         return SplitSummary(path=self.path, rows=self.rows, conversations=self.conversations,
@@ -421,6 +437,19 @@ class ExportReport:
 
     def total(self, name: str) -> int:
         return sum(int(getattr(split, name)) for split in self.splits.values())
+
+    def merge(self, other: ExportReport) -> None:
+        """Add a slice's report (`export --workers`): sums, and lengths in slice order."""
+        self.removed.update(other.removed)
+        self.review_pairs_removed.update(other.review_pairs_removed)
+        self.enrichment_versions.update(other.enrichment_versions)
+        self.rows_over_max_tokens += other.rows_over_max_tokens
+        self.rows_dropped_over_max_tokens += other.rows_dropped_over_max_tokens
+        self.chars.extend(other.chars)
+        if self.tokens is not None and other.tokens is not None:
+            self.tokens.extend(other.tokens)
+        for name, tally in other.splits.items():
+            self.splits[name].merge(tally)
 
     def removed_in_order(self) -> dict[str, int]:
         """The removals that removed something, in REMOVAL_ORDER (unknown reasons last)."""

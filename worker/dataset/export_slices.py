@@ -47,7 +47,7 @@ from sqlalchemy import Connection
 from sqlalchemy.pool import NullPool
 
 from worker.dataset import export_files, hub
-from worker.dataset.export_report import ExportReport, Lengths, SplitTally
+from worker.dataset.export_report import ExportReport, SplitTally
 from worker.dataset.sampling import SamplePlan, StratumKey
 from worker.db import dataset
 from worker.db.engine import database_error, make_engine
@@ -307,39 +307,11 @@ def _run_slices(tasks: list[SliceTask]) -> list[SliceOutcome]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _add_lengths(into: Lengths, part: Lengths) -> None:
-    into.prompt.extend(part.prompt)
-    into.completion.extend(part.completion)
-    into.total.extend(part.total)
-
-
-def _add_tally(into: SplitTally, part: SplitTally) -> None:
-    into.rows += part.rows
-    into.conversations += part.conversations
-    into.pairs += part.pairs
-    for name in ("personas", "arcs", "topics", "rows_per_stratum"):
-        getattr(into, name).update(getattr(part, name))
-
-
-def _add_report(into: ExportReport, part: ExportReport) -> None:
-    """A slice's counts into the export's report: sums, and lengths in slice order."""
-    into.removed.update(part.removed)
-    into.review_pairs_removed.update(part.review_pairs_removed)
-    into.enrichment_versions.update(part.enrichment_versions)
-    into.rows_over_max_tokens += part.rows_over_max_tokens
-    into.rows_dropped_over_max_tokens += part.rows_dropped_over_max_tokens
-    _add_lengths(into.chars, part.chars)
-    if into.tokens is not None and part.tokens is not None:
-        _add_lengths(into.tokens, part.tokens)
-    for name, tally in part.splits.items():
-        _add_tally(into.splits[name], tally)
-
-
 def _merge(run: export_files.ExportRun, outcomes: list[SliceOutcome],
            sinks: dict[str, export_files.Sink]) -> None:
     run.report.splits = {name: SplitTally(path=str(sink.path)) for name, sink in sinks.items()}
     for outcome in outcomes:
-        _add_report(run.report, outcome.report)
+        run.report.merge(outcome.report)
         run.written += outcome.written
         for split, part in outcome.parts.items():
             sink = sinks[split]
